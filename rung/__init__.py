@@ -1,0 +1,3 @@
+"""rung: reinforcement learning from CartPole to language models, in plain PyTorch."""
+
+__version__ = "0.1.0"

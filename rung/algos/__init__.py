@@ -1,0 +1,20 @@
+"""The algorithm registry: name -> module with `Config`, `train(cfg)` and `make_agent(cfg, env)`.
+Modules are imported on first use so that `rung list` and errors stay fast."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from rung.errors import UserError
+
+ALGOS: dict[str, str] = {
+    "ppo": "PPO, clipped surrogate objective (discrete and continuous actions)",
+    "reinforce": "REINFORCE with a learned baseline (discrete and continuous actions)",
+}
+
+
+def get(name: str) -> ModuleType:
+    if name not in ALGOS:
+        raise UserError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGOS)} (see 'rung list')")
+    return importlib.import_module(f"rung.algos.{name}")

@@ -1,0 +1,253 @@
+"""The `rung` command: train, eval, plot, list.
+
+Config flags are generated from the algorithm's Config dataclass (field docstrings become the
+help). Bad input of any kind ends in one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rung.errors import UserError
+
+USAGE = """usage: rung <command> [options]
+
+commands:
+  train [ALGO] [--preset NAME] [flags]   train (default: PPO on CartPole-v1); 'rung train ALGO --help' lists flags
+  train --resume DIR [flags]             continue a run from its latest checkpoint
+  eval DIR [--episodes N] [--video]      evaluate a run's policy, write DIR/eval.json
+  plot DIR... -o FILE.png                overlay learning curves (mean and band across seeds)
+  list                                   algorithms and presets with their targets
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
+# -- dataclass <-> flags ----------------------------------------------------------------------
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _converter(name: str, tp: Any):
+    base, optional = _unwrap_optional(tp)
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            if base is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if typing.get_origin(base) is tuple:
+                (inner, *_rest) = typing.get_args(base)
+                return tuple(inner(p) for p in text.replace(" ", "").split(",") if p)
+            if typing.get_origin(base) is typing.Literal:
+                choices = typing.get_args(base)
+                if text not in choices:
+                    raise ValueError
+                return text
+            if base is int:
+                return int(float(text)) if "e" in text.lower() and float(text).is_integer() else int(text)
+            return base(text)
+        except ValueError:
+            expected = _type_name(tp)
+            raise UserError(f"--{name.replace('_', '-')} expects {expected}, got {text!r}") from None
+
+    return convert
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _unwrap_optional(tp)
+    if typing.get_origin(base) is typing.Literal:
+        s = "one of " + ", ".join(map(str, typing.get_args(base)))
+    elif typing.get_origin(base) is tuple:
+        s = "comma-separated integers such as 64,64"
+    else:
+        s = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
+    return s + (" or none" if optional else "")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
+    from rung.config import field_docs
+
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    group = parser.add_argument_group("config")
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        flag = "--" + f.name.replace("_", "-")
+        if _unwrap_optional(tp)[0] is bool:
+            group.add_argument(flag, nargs="?", const="true", type=_converter(f.name, tp), default=argparse.SUPPRESS,
+                               metavar="BOOL", help=f"{docs.get(f.name, '')} (default: {shown})")
+            group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, type=_converter(f.name, tp), default=argparse.SUPPRESS,
+                               metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {shown})")
+
+
+def _reject_unknown(unknown: list[str], cls: type) -> None:
+    flags = ["--" + f.name.replace("_", "-") for f in dataclasses.fields(cls)]
+    bad = next(u for u in unknown if u.startswith("-")) if any(u.startswith("-") for u in unknown) else unknown[0]
+    close = difflib.get_close_matches(bad.split("=")[0], flags, n=1)
+    hint = f"did you mean {close[0]}?" if close else "see 'rung train ALGO --help' for the flags"
+    raise UserError(f"unknown argument {bad!r}; {hint}")
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_train(argv: list[str]) -> int:
+    import yaml
+
+    from rung import algos, presets
+    from rung.config import from_dict
+
+    algo_name = None
+    if argv and not argv[0].startswith("-"):
+        algo_name, argv = argv[0], argv[1:]
+    pre = Parser(prog="rung train", add_help=False)
+    pre.add_argument("--preset")
+    pre.add_argument("--resume", metavar="DIR")
+    pre.add_argument("--force", action="store_true")
+    pre.add_argument("-h", "--help", action="store_true")
+    known, rest = pre.parse_known_args(argv)
+
+    resume_cfg: dict[str, Any] | None = None
+    if known.resume:
+        if known.preset:
+            raise UserError("--resume continues a run with its own config; drop --preset")
+        cfg_path = Path(known.resume) / "config.yaml"
+        if not cfg_path.exists():
+            raise UserError(f"{known.resume} holds no run to resume (no config.yaml); check the path")
+        resume_cfg = yaml.safe_load(cfg_path.read_text())
+        saved_algo = resume_cfg.pop("algo")
+        if algo_name and algo_name != saved_algo:
+            raise UserError(f"{known.resume} is a {saved_algo} run; drop '{algo_name}' or resume another folder")
+        algo_name = saved_algo
+    preset = presets.get(known.preset) if known.preset else None
+    if preset:
+        if algo_name and algo_name != preset.algo:
+            raise UserError(f"preset {preset.name} is for {preset.algo}, not {algo_name}; drop one of them")
+        algo_name = preset.algo
+    algo = algos.get(algo_name or "ppo")
+    cls = algo.Config
+
+    if resume_cfg is not None:
+        resume_cfg["run_dir"] = known.resume
+        base = from_dict(cls, resume_cfg)
+    else:
+        base = cls(**preset.overrides) if preset else cls()
+    parser = Parser(prog=f"rung train {algo_name or 'ppo'}", description=(algo.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--preset", help="start from a preset (see 'rung list'); flags override it")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    parser.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
+    add_config_flags(parser, cls, base)
+    if known.help:
+        parser.print_help()
+        return 0
+    ns, unknown = parser.parse_known_args(rest)
+    if unknown:
+        _reject_unknown(unknown, cls)
+    overrides = {k: v for k, v in vars(ns).items() if k not in ("preset", "resume", "force")}
+    cfg = dataclasses.replace(base, **overrides)
+    try:
+        algo.train(cfg, resume=resume_cfg is not None, force=known.force)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: rung train --resume {getattr(cfg, 'run_dir', None) or 'RUN_DIR'}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from rung.evaluation import evaluate_run
+
+    p = Parser(prog="rung eval", description="Evaluate a run's policy with deterministic actions.")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="which checkpoint (default best)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the first episode (default 12345)")
+    p.add_argument("--video", action="store_true", help="also write DIR/eval.mp4 of one episode")
+    a = p.parse_args(argv)
+    if a.episodes <= 0:
+        raise UserError(f"--episodes must be > 0, got {a.episodes}")
+    result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint, a.seed, a.video)
+    print(f"{result['env']}  {result['algo']}  checkpoint {result['checkpoint']} (step {result['step']:,}): "
+          f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes"
+          + (f"; video {result['video']}" if result.get("video") else ""))
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from rung.logging.plots import plot_runs
+
+    p = Parser(prog="rung plot", description="Overlay learning curves; runs differing only in seed are averaged.")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.add_argument("--x", choices=["step", "wall"], default="step", help="x axis: env steps or wall-clock seconds")
+    a = p.parse_args(argv)
+    out = plot_runs(a.run_dirs, a.output, a.x)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(argv: list[str]) -> int:
+    from rung.algos import ALGOS
+    from rung.presets import PRESETS
+
+    print("algorithms (rung train ALGO):")
+    for name, what in ALGOS.items():
+        print(f"  {name:<12}{what}")
+    print("\npresets (rung train --preset NAME), each held to its target mean eval return:")
+    print(f"  {'name':<20}{'algo':<11}{'env':<16}{'steps':>10}  {'target':>7}  source of the target")
+    for p in PRESETS.values():
+        print(f"  {p.name:<20}{p.algo:<11}{p.overrides.get('env', ''):<16}{p.overrides.get('total_timesteps', 0):>10,}"
+              f"  {p.target:>7g}  {p.source}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from rung import __version__
+
+        print(f"rung {__version__}")
+        return 0
+    command = argv[0]
+    try:
+        if command not in COMMANDS:
+            close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+            raise UserError(f"unknown command {command!r}" + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(COMMANDS)}"))
+        return COMMANDS[command](argv[1:])
+    except UserError as e:
+        print(f"rung: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

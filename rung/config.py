@@ -1,0 +1,120 @@
+"""RunConfig: the fields every algorithm shares, and their validation.
+
+Configs are plain dataclasses. Each field carries a docstring (read by the CLI for --help) and
+choices are `Literal`s. Values are checked by `validate()`, which raises `UserError` naming the
+field and the fix; derived values are properties and are never written after parsing.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from rung.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    env: str = "CartPole-v1"
+    """Gymnasium environment id."""
+    seed: int = 1
+    """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
+    total_timesteps: int = 100_000
+    """Environment steps to train for, summed over all envs (and all processes under torchrun)."""
+    torch_threads: int = 1
+    """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
+    device: str = "cpu"
+    """Torch device for the networks: cpu, cuda, or cuda:N."""
+    eval_every: int = 10_000
+    """Evaluate the deterministic policy every this many env steps (0 disables periodic evaluation)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
+    target_return: float | None = None
+    """Eval return that counts as solved; default is the env's registered reward threshold."""
+    checkpoint_every: int = 10
+    """Write checkpoints/latest.pt every this many iterations (and always at the end)."""
+    log_every: int = 1
+    """Write a metrics line every this many iterations."""
+
+    def validate(self) -> None:
+        positive(self, "total_timesteps", "eval_episodes", "checkpoint_every", "log_every")
+        non_negative(self, "seed", "torch_threads", "eval_every")
+        check_choices(self)
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")
+
+
+def positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not value > 0:
+            raise UserError(f"--{flag(name)} must be > 0, got {value}")
+
+
+def non_negative(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise UserError(f"--{flag(name)} must be >= 0, got {value}")
+
+
+def in_range(cfg: Any, name: str, low: float, high: float) -> None:
+    value = getattr(cfg, name)
+    if not low <= value <= high:
+        raise UserError(f"--{flag(name)} must be in [{low}, {high}], got {value}")
+
+
+def check_choices(cfg: Any) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        choices = literal_choices(hints[f.name])
+        if choices and getattr(cfg, f.name) not in choices:
+            raise UserError(f"--{flag(f.name)} must be one of {', '.join(map(str, choices))}; got {getattr(cfg, f.name)!r}")
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def literal_choices(tp: Any) -> tuple | None:
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    return None
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field), collected along the MRO."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown config field(s) {', '.join(unknown)} for {cls.__module__}; remove them from the config")
+    return cls(**values)

@@ -1,0 +1,135 @@
+"""The thin layer over torch.distributed for data-parallel training under torchrun.
+
+Each rank steps its own envs; gradients are all-reduced by DistributedDataParallel. Everything
+that normalises across samples (advantage mean/std, observation statistics) is computed over the
+global batch, so N ranks on shards compute the gradient one process would on the whole batch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rung.envs.wrappers import RunningMeanStd
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init(device: str = "cpu") -> DistInfo:
+    """Join the process group torchrun describes in the environment; a plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP around the model when there is more than one rank. DDP broadcasts rank 0's
+    parameters at construction, so every rank starts from the same network."""
+    if info.world_size <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [info.local_rank] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (Bessel-corrected) std of `x` over every rank's elements."""
+    if not is_distributed():
+        return x.mean(), x.std()
+    s = torch.stack([x.sum(), x.pow(2).sum(), torch.tensor(float(x.numel()), device=x.device)]).double()
+    dist.all_reduce(s)
+    total, sq, n = s.unbind()
+    mean = total / n
+    var = (sq - n * mean**2) / (n - 1)
+    return mean.to(x.dtype), var.clamp_min(0).sqrt().to(x.dtype)
+
+
+def all_reduce_mean(values: list[float]) -> list[float]:
+    """Average a few scalars (logged statistics) over ranks."""
+    if not is_distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def all_reduce_grads(params) -> None:
+    """Average gradients over ranks by hand, for updates that do not go through DDP's forward."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def gather_object(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's `obj` as a list on rank 0 (None elsewhere); [obj] without distribution."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_running_stats(rms: RunningMeanStd) -> None:
+    """Make every rank's statistics the pooled statistics of all ranks. The pooled count is divided
+    by the number of ranks, so that repeated syncs weigh each rank's history once, not N times."""
+    if not is_distributed():
+        return
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, (rms.mean, rms.var, rms.count))
+    pooled = RunningMeanStd(rms.mean.shape, epsilon=0.0)
+    pooled.count = 0.0
+    for mean, var, count in states:
+        if pooled.count == 0.0:
+            pooled.mean, pooled.var, pooled.count = mean.copy(), var.copy(), count
+        else:
+            pooled.merge(mean, var, count)
+    rms.mean, rms.var, rms.count = pooled.mean, pooled.var, pooled.count / len(states)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

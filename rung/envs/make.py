@@ -1,0 +1,156 @@
+"""Gymnasium vector envs behind rung's VecEnv protocol: tensors in and out, episode statistics,
+observation/reward normalisation, and a state that checkpoints can save and restore."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import pickle
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rung.batch import EnvStep
+from rung.envs.wrappers import Normalizer
+from rung.errors import UserError
+
+# Solved marks for envs that register none, from the published baselines users compare against.
+KNOWN_THRESHOLDS = {"Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
+
+# Which extra brings the simulator an env id needs.
+EXTRA_FOR_ENV = {"mujoco": "gymnasium[mujoco]", "box2d": "gymnasium[box2d]"}
+
+
+def env_threshold(env_id: str) -> float | None:
+    if env_id in KNOWN_THRESHOLDS:
+        return KNOWN_THRESHOLDS[env_id]
+    try:
+        return gym.spec(env_id).reward_threshold
+    except gym.error.Error:
+        return None
+
+
+def check_env_id(env_id: str) -> None:
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see gymnasium.registry for the ids"
+        raise UserError(f"unknown environment {env_id!r}; {hint}") from None
+
+
+class GymVecEnv:
+    """`num_envs` copies of a gymnasium env stepped in this process.
+
+    Auto-reset happens in the same step (gymnasium's SAME_STEP mode), so `obs` is always the
+    observation the next action is taken from and `final_obs` keeps the one the episode ended on.
+    """
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, *, normalize_obs: bool = False,
+                 normalize_reward: bool = False, gamma: float = 0.99, render_mode: str | None = None,
+                 env_kwargs: dict[str, Any] | None = None):
+        check_env_id(env_id)
+        self.env_id, self.num_envs, self.seed = env_id, num_envs, seed
+        # functools.partial (not a lambda) keeps the vector env picklable for checkpoints.
+        make = functools.partial(gym.make, env_id, render_mode=render_mode, **(env_kwargs or {}))
+        try:
+            self.envs = gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        except gym.error.DependencyNotInstalled as e:
+            extra = next((v for k, v in EXTRA_FOR_ENV.items() if k in str(e).lower()), "gymnasium[all]")
+            raise UserError(f"{env_id} needs a simulator that is not installed; install it with: pip install '{extra}'") from None
+        obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
+        if not isinstance(obs_space, gym.spaces.Box):
+            raise UserError(f"{env_id} has {type(obs_space).__name__} observations; rung's MLP policies take Box observations")
+        self.obs_shape = tuple(obs_space.shape)
+        if isinstance(act_space, gym.spaces.Discrete):
+            self.discrete, self.action_dim = True, int(act_space.n)
+        elif isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+            self.discrete, self.action_dim = False, int(act_space.shape[0])
+            self.action_low, self.action_high = act_space.low, act_space.high
+        else:
+            raise UserError(f"{env_id} has a {act_space} action space; rung supports Discrete and 1-D Box actions")
+        self.normalizer = Normalizer(self.obs_shape, num_envs, obs=normalize_obs, reward=normalize_reward, gamma=gamma)
+        self.ep_return = np.zeros(num_envs, np.float64)
+        self.ep_length = np.zeros(num_envs, np.int64)
+        self.last_obs: torch.Tensor | None = None  # what reset/step last returned: where a resumed run continues
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        base = self.seed if seed is None else seed
+        obs, _ = self.envs.reset(seed=[base + i for i in range(self.num_envs)])
+        self.ep_return[:] = 0
+        self.ep_length[:] = 0
+        self.last_obs = self._tensor(self.normalizer.obs(obs))
+        return self.last_obs
+
+    def step(self, actions: torch.Tensor) -> EnvStep:
+        act = actions.cpu().numpy()
+        if not self.discrete:
+            # The policy's Gaussian is unbounded; the env gets the clipped action while the
+            # learner keeps the sampled one, so its log-prob stays exact.
+            act = np.clip(act, self.action_low, self.action_high)
+        obs, reward, terminated, truncated, info = self.envs.step(act)
+        reward = np.asarray(reward, np.float64)
+        done = terminated | truncated
+        self.ep_return += reward
+        self.ep_length += 1
+        episode_returns: list[float] = []
+        episode_lengths: list[int] = []
+        obs_n = self.normalizer.obs(obs)
+        final_n = obs_n
+        if done.any():
+            ended = np.flatnonzero(done)
+            episode_returns = self.ep_return[ended].tolist()
+            episode_lengths = self.ep_length[ended].tolist()
+            self.ep_return[ended] = 0
+            self.ep_length[ended] = 0
+            final_obs = obs.copy()
+            final_obs[ended] = np.stack([info["final_obs"][i] for i in ended])
+            final_n = self.normalizer.obs(final_obs, update=False)
+        reward_n = self.normalizer.reward(reward, done)
+        self.last_obs = self._tensor(obs_n)
+        return EnvStep(
+            obs=self.last_obs,
+            reward=torch.as_tensor(reward_n, dtype=torch.float32),
+            terminated=torch.as_tensor(terminated),
+            truncated=torch.as_tensor(truncated & ~terminated),
+            final_obs=self._tensor(final_n),
+            episode_returns=episode_returns,
+            episode_lengths=episode_lengths,
+        )
+
+    @staticmethod
+    def _tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x, np.float32))
+
+    def render(self) -> np.ndarray:
+        return self.envs.envs[0].render()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Normaliser statistics always; the simulators themselves where they pickle (classic
+        control does), which makes a resumed run continue mid-episode exactly."""
+        try:
+            envs = pickle.dumps(self.envs)
+        except Exception:  # a simulator holding handles that cannot be pickled
+            envs = None
+        return {"normalizer": self.normalizer.state_dict(), "envs": envs, "last_obs": self.last_obs,
+                "ep_return": self.ep_return.copy(), "ep_length": self.ep_length.copy()}
+
+    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+        if restore_envs and state.get("envs") is not None:
+            envs = pickle.loads(state["envs"])
+            if envs.num_envs == self.num_envs:
+                self.envs.close()
+                self.envs = envs
+                self.ep_return = state["ep_return"].copy()
+                self.ep_length = state["ep_length"].copy()
+                self.last_obs = state["last_obs"]
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def make_env(env_id: str, num_envs: int, seed: int, **kwargs: Any) -> GymVecEnv:
+    return GymVecEnv(env_id, num_envs, seed, **kwargs)

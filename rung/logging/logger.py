@@ -1,0 +1,108 @@
+"""One logger, three sinks: a rich progress bar on stdout, metrics.jsonl and TensorBoard events.
+
+metrics.jsonl has one JSON object a line with `step` (env steps so far), `wall` (seconds of
+training so far, summed across resumes) and the metrics of that moment. Tools read runs from it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            break
+    return rows
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop lines written after a checkpoint at `step`, so a resumed run does not log them twice."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, run_dir / "metrics.jsonl")
+
+
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+class Logger:
+    def __init__(self, run_dir: Path, total_steps: int, *, start_step: int = 0, enabled: bool = True,
+                 progress: bool | None = None, tensorboard: bool = True):
+        self.enabled = enabled
+        self.console = Console(stderr=False)
+        self.run_dir = run_dir
+        self._file = None
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        if start_step > 0:
+            truncate_metrics(run_dir, start_step)
+        self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step hides events a killed run wrote after its last checkpoint.
+            self._tb = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
+        if progress is None:
+            progress = sys.stdout.isatty()
+        if progress:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("return {task.fields[ret]}"), TextColumn("{task.fields[sps]} steps/s"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, ret="-", sps="-")
+            self._bar.start()
+
+    def log(self, step: int, wall: float, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row: dict[str, Any] = {"step": step, "wall": round(wall, 3)}
+        for k, v in metrics.items():
+            s = _scalar(v)
+            if s is not None:
+                row[k] = s
+                if self._tb is not None:
+                    self._tb.add_scalar(k, s, step)
+        self._file.write(json.dumps(row) + "\n")
+
+    def progress(self, step: int, ret: float | None = None, sps: float | None = None) -> None:
+        if self._bar is None:
+            return
+        fields = {}
+        if ret is not None and not math.isnan(ret):
+            fields["ret"] = f"{ret:.1f}"
+        if sps is not None:
+            fields["sps"] = f"{sps:,.0f}"
+        self._bar.update(self._task, completed=step, **fields)
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg, highlight=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if self._tb is not None:
+            self._tb.close()
+        if self._file is not None:
+            self._file.close()

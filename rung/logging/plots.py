@@ -1,0 +1,127 @@
+"""Learning curves from run folders: one run's curve.png, and overlays across runs and seeds."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rung.errors import UserError
+from rung.logging.logger import read_metrics
+
+TRAIN_KEY, EVAL_KEY = "charts/episodic_return", "eval/mean_return"
+# Fields that differ between seeds of one experiment and so do not split a group.
+NOT_A_SETTING = {"seed", "run_dir"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(rows: list[dict[str, Any]], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r[x], r[key]) for r in rows if key in r]
+    if not pts:
+        return np.empty(0), np.empty(0)
+    a = np.asarray(pts, dtype=np.float64)
+    return a[:, 0], a[:, 1]
+
+
+def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: float | None = None) -> Path:
+    """Episodic return against env steps and against wall-clock seconds, training episodes
+    (thin) and periodic evaluations (markers)."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in ((axes[0], "step", "env steps"), (axes[1], "wall", "wall-clock seconds")):
+        tx, ty = _series(rows, TRAIN_KEY, x)
+        if len(tx):
+            ax.plot(tx, ty, lw=0.8, alpha=0.6, label="training episodes")
+        ex, ey = _series(rows, EVAL_KEY, x)
+        if len(ex):
+            _, es = _series(rows, "eval/std_return", x)
+            ax.plot(ex, ey, "o-", lw=1.6, ms=3, label="evaluation (mean)")
+            if len(es) == len(ey):
+                ax.fill_between(ex, ey - es, ey + es, alpha=0.2)
+        if threshold is not None:
+            ax.axhline(threshold, ls="--", c="k", lw=0.8, label=f"solved ({threshold:g})")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("episodic return")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(run_dir.name, fontsize=9)
+    fig.tight_layout()
+    out = Path(out) if out else run_dir / "curve.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _load_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass folders written by 'rung train'")
+    return yaml.safe_load(path.read_text())
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Runs that differ only in seed form one group, labelled by algo, env and what sets it apart."""
+    configs = {d: _load_config(d) for d in run_dirs}
+    keyed: dict[str, list[Path]] = defaultdict(list)
+    for d, cfg in configs.items():
+        keyed[json.dumps({k: v for k, v in cfg.items() if k not in NOT_A_SETTING}, sort_keys=True, default=str)].append(d)
+    settings = [json.loads(k) for k in keyed]
+    varying = sorted({k for s in settings for k in s if any(s.get(k) != o.get(k) for o in settings)} - {"algo", "env"})
+    groups: dict[str, list[Path]] = {}
+    for key, dirs in keyed.items():
+        s = json.loads(key)
+        label = f"{s.get('algo', '?')} {s.get('env', '?')}"
+        extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
+        groups[label + (f" ({extra})" if extra else "") + f" [{len(dirs)} seed{'s' * (len(dirs) > 1)}]"] = dirs
+    return groups
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> Path:
+    """Overlay runs: per group, the mean across seeds and a band from the lowest to the highest
+    seed, on a common grid (each seed's curve interpolated; the grid stops where the shortest
+    seed stops, so the mean never mixes in missing seeds)."""
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"{d} is not a directory; pass run folders written by 'rung train'")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, members in group_runs(dirs).items():
+        curves = []
+        for d in members:
+            rows = read_metrics(d)
+            key = EVAL_KEY if any(EVAL_KEY in r for r in rows) else TRAIN_KEY
+            curves.append(_series(rows, key, x))
+        curves = [c for c in curves if len(c[0])]
+        if not curves:
+            continue
+        end = min(c[0][-1] for c in curves)
+        start = max(c[0][0] for c in curves)
+        grid = np.linspace(start, end, 200) if end > start else np.array([end])
+        ys = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
+        line, = ax.plot(grid, ys.mean(0), label=label)
+        if len(curves) > 1:
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("env steps" if x == "step" else "wall-clock seconds")
+    ax.set_ylabel("episodic return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

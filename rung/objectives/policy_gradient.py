@@ -1,0 +1,44 @@
+"""Policy-gradient losses: tensors in, (per-element loss, stats) out. Reduce with `.mean()` or
+with an explicit global count; stats are detached scalars for logging."""
+
+from __future__ import annotations
+
+import torch
+
+
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  clip_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017), negated for minimisation. All (B,)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    with torch.no_grad():
+        stats = {
+            # The k3 estimator of KL(old || new): unbiased and always >= 0 (Schulman 2020).
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean(),
+        }
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor | None = None,
+               clip_coef: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Half squared error to the returns; with `clip_coef`, PPO's pessimistic clipped variant
+    that keeps the new value within clip_coef of the old one. All (B,)."""
+    loss = 0.5 * (values - returns).pow(2)
+    if clip_coef is not None:
+        assert old_values is not None, "clipped value loss needs old_values"
+        clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+        loss = torch.maximum(loss, 0.5 * (clipped - returns).pow(2))
+    return loss, {}
+
+
+def entropy_loss(entropy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Negative entropy, so that adding `ent_coef *` it to a loss rewards exploration. (B,)."""
+    return -entropy, {"entropy": entropy.detach().mean()}
+
+
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """REINFORCE (Williams 1992): -log pi(a|s) * (G - b). With a learned baseline b = V(s) the
+    advantages are G - V; the baseline reduces variance without biasing the gradient. (B,)."""
+    return -logprobs * advantages, {}

@@ -1,0 +1,49 @@
+"""Presets: tuned settings for an env and algorithm, as Python values, with the published target
+they are meant to reach. `rung train --preset NAME` starts from one; flags override it.
+
+Budgets and measured results are in BENCHMARKS.md; the commands that measured them are in the
+recipe READMEs under recipes/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rung.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    algo: str
+    target: float
+    """The published score this preset is held to (mean eval return)."""
+    source: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("cartpole-ppo", "ppo", 475, "Gymnasium's CartPole-v1 reward threshold; settings from RL Zoo",
+           {"env": "CartPole-v1", "total_timesteps": 100_000}),
+    Preset("cartpole-reinforce", "reinforce", 475, "Gymnasium's CartPole-v1 reward threshold",
+           {"env": "CartPole-v1", "total_timesteps": 300_000}),
+    Preset("acrobot-ppo", "ppo", -100, "Gymnasium's Acrobot-v1 reward threshold; settings after RL Zoo",
+           {"env": "Acrobot-v1", "total_timesteps": 300_000, "num_envs": 16, "num_steps": 256, "gamma": 0.99,
+            "gae_lambda": 0.94, "update_epochs": 4, "num_minibatches": 64, "learning_rate": 3e-4,
+            "anneal_lr": False, "anneal_clip": False, "normalize_obs": True, "normalize_reward": True}),
+    Preset("mountaincar-ppo", "ppo", -110, "Gymnasium's MountainCar-v0 reward threshold; settings after RL Zoo",
+           {"env": "MountainCar-v0", "total_timesteps": 1_000_000, "num_envs": 16, "num_steps": 16, "gamma": 0.99,
+            "gae_lambda": 0.98, "update_epochs": 4, "num_minibatches": 4, "learning_rate": 3e-4,
+            "anneal_lr": False, "anneal_clip": False, "normalize_obs": True, "normalize_reward": True,
+            "eval_every": 25_000}),
+    Preset("pendulum-ppo", "ppo", -200, "SB3 RL Zoo's PPO Pendulum-v1 result",
+           {"env": "Pendulum-v1", "total_timesteps": 200_000, "num_envs": 4, "num_steps": 1024, "gamma": 0.9,
+            "gae_lambda": 0.95, "update_epochs": 10, "num_minibatches": 64, "learning_rate": 1e-3,
+            "anneal_lr": True, "anneal_clip": False, "normalize_obs": True, "normalize_reward": False}),
+]}
+
+
+def get(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see 'rung list')")
+    return PRESETS[name]

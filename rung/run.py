@@ -1,0 +1,240 @@
+"""A training run's lifecycle, shared by every algorithm: its folder, logger, periodic evaluation,
+checkpoints and summary. Algorithms call these verbs from their own loop; nothing here runs a loop.
+
+Run folder contract (tools read it):
+    config.yaml        the resolved config, with `algo`
+    metrics.jsonl      one JSON object per logged moment: step, wall, metrics
+    events.out.tfevents.*  the same metrics for TensorBoard
+    checkpoints/latest.pt  everything needed to resume; checkpoints/best.pt the best-evaluated policy
+    curve.png          return against env steps and against wall-clock
+    summary.json       final evaluation, solved threshold, when it was first reached
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import rung
+from rung import checkpoint, seeding
+from rung.config import RunConfig, to_dict
+from rung.distributed import ddp
+from rung.envs.make import GymVecEnv, env_threshold, make_env
+from rung.errors import UserError
+from rung.logging.logger import Logger
+from rung.logging.plots import plot_curve
+from rung.rollout.evaluate import evaluate
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    agent: torch.nn.Module | None = field(default=None, repr=False)
+
+
+def default_run_dir(algo: str, cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.env.replace('/', '-')}__{algo}__{cfg.seed}__{stamp}"
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc), else the peak that getrusage knows."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} holds no run to resume (no config.yaml); check the path")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            what = "another run" if any((run_dir / f).exists() for f in RUN_FILES) else "files"
+            raise UserError(f"{run_dir} already holds {what}; pass --resume {run_dir} to continue it, --force to overwrite it, or choose another --run-dir")
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+class Run:
+    """Call order in an algorithm: Run(...) -> restore() -> [log(), maybe_evaluate(),
+    maybe_checkpoint()] per iteration -> finish()."""
+
+    def __init__(self, algo: str, cfg: RunConfig, *, resume: bool = False, force: bool = False):
+        cfg.validate()
+        self.algo, self.cfg, self.resume = algo, cfg, resume
+        if cfg.torch_threads > 0:
+            torch.set_num_threads(cfg.torch_threads)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {cfg.device} asked for, but torch sees no CUDA device; use --device cpu")
+        self.dist = ddp.init(cfg.device)
+        self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "cuda" else cfg.device)
+        # Each rank draws its own actions and runs its own env seeds.
+        self.env_seed = cfg.seed + 100_003 * self.dist.rank
+        seeding.seed_everything(cfg.seed + self.dist.rank)
+
+        run_dir = Path(getattr(cfg, "run_dir", None) or default_run_dir(algo, cfg))
+        run_dir = Path(ddp.broadcast_object(str(run_dir)))
+        if self.dist.is_main:
+            prepare_run_dir(run_dir, resume=resume, force=force)
+            config = {"algo": algo, **to_dict(cfg), "run_dir": str(run_dir)}
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        ddp.barrier()
+        self.run_dir = run_dir
+        self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
+        start_step = self.ckpt["step"] if self.ckpt else 0
+        self.threshold = cfg.target_return if cfg.target_return is not None else env_threshold(cfg.env)
+        self.logger = Logger(run_dir, cfg.total_timesteps, start_step=start_step, enabled=self.dist.is_main)
+        self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
+                                           "solved_at_seconds": None, "last": None}
+        self.wall_offset = 0.0
+        self.t0 = time.perf_counter()
+        self._eval_env: GymVecEnv | None = None
+        self._recent_returns: list[float] = []
+
+    @property
+    def wall(self) -> float:
+        """Seconds of training, summed across resumes."""
+        return self.wall_offset + time.perf_counter() - self.t0
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def restore(self, modules: dict[str, Any], envs: GymVecEnv) -> tuple[int, int]:
+        """Load the checkpoint into `modules` (name -> object with load_state_dict) and `envs`;
+        returns (iteration, env step) to continue from, (0, 0) for a fresh run."""
+        if self.ckpt is None:
+            return 0, 0
+        ck = self.ckpt
+        for name, module in modules.items():
+            module.load_state_dict(ck[name])
+        ranks = ck["ranks"]
+        if len(ranks) != self.dist.world_size:
+            raise UserError(f"the checkpoint was written by {len(ranks)} process(es); resume it with the same number (got {self.dist.world_size})")
+        own = ranks[self.dist.rank]
+        envs.load_state_dict(own["env"])
+        seeding.set_rng_state(own["rng"])
+        self.eval_state = ck["eval"]
+        self.wall_offset = ck["wall"]
+        self.t0 = time.perf_counter()
+        self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
+        return ck["iteration"], ck["step"]
+
+    def save(self, iteration: int, step: int, modules: dict[str, Any], envs: GymVecEnv) -> None:
+        own = {"env": envs.state_dict(), "rng": seeding.rng_state()}
+        ranks = ddp.gather_object(own, self.dist)
+        if self.dist.is_main:
+            ck = {"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg), "iteration": iteration,
+                  "step": step, "wall": self.wall, "eval": dict(self.eval_state), "ranks": ranks,
+                  "rung_version": rung.__version__}
+            ck.update({name: m.state_dict() for name, m in modules.items()})
+            checkpoint.save_atomic(ck, self.run_dir / "checkpoints" / "latest.pt")
+
+    def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: GymVecEnv) -> None:
+        """`iteration` counts completed iterations; saving happens at iteration boundaries so that
+        a resumed run replays exactly what an uninterrupted one would."""
+        if iteration % self.cfg.checkpoint_every == 0:
+            self.save(iteration, step, modules, envs)
+
+    # -- logging -------------------------------------------------------------------------------
+
+    def log(self, iteration: int, step: int, metrics: dict[str, Any], episode_returns: list[float],
+            episode_lengths: list[int], sps: float) -> None:
+        if episode_returns:
+            metrics["charts/episodic_return"] = float(np.mean(episode_returns))
+            metrics["charts/episodic_length"] = float(np.mean(episode_lengths))
+            self._recent_returns = (self._recent_returns + episode_returns)[-20:]
+        metrics["charts/sps"] = sps
+        metrics["sys/rss_mb"] = rss_mb()
+        if iteration % self.cfg.log_every == 0:
+            self.logger.log(step, self.wall, metrics)
+        ret = float(np.mean(self._recent_returns)) if self._recent_returns else None
+        self.logger.progress(step, ret, sps)
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _evaluate(self, agent: torch.nn.Module, envs: GymVecEnv, eval_round: int) -> list[float]:
+        if self._eval_env is None:
+            self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, normalize_obs=envs.normalizer.norm_obs)
+        # Evaluation seeds depend only on the run's seed and the round, never on the history.
+        seed = 1_000_000 + 10_007 * self.cfg.seed + self.cfg.eval_episodes * eval_round
+        return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device)
+
+    def maybe_evaluate(self, agent: torch.nn.Module, envs: GymVecEnv, step_before: int, step: int) -> None:
+        every = self.cfg.eval_every
+        if every <= 0 or step // every == step_before // every or not self.dist.is_main:
+            return
+        st = self.eval_state
+        returns = self._evaluate(agent, envs, st["round"])
+        st["round"] += 1
+        mean, std = float(np.mean(returns)), float(np.std(returns))
+        st["last"] = (mean, std)
+        self.logger.log(step, self.wall, {"eval/mean_return": mean, "eval/std_return": std})
+        if mean > st["best"]:
+            st["best"] = mean
+            checkpoint.save_atomic({"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg),
+                                    "step": step, "agent": agent.state_dict(), "eval_mean_return": mean,
+                                    "normalizer": envs.normalizer.state_dict()},
+                                   self.run_dir / "checkpoints" / "best.pt")
+        solved = ""
+        if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
+            st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
+            solved = f"  [green]solved[/green] (>= {self.threshold:g})"
+        self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}  ({self.wall:6.1f} s){solved}")
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def finish(self, agent: torch.nn.Module, envs: GymVecEnv, iteration: int, step: int,
+               modules: dict[str, Any]) -> TrainResult:
+        self.save(iteration, step, modules, envs)
+        summary: dict[str, Any] = {}
+        if self.dist.is_main:
+            returns = self._evaluate(agent, envs, 10**6)  # a round number no periodic eval uses
+            st = self.eval_state
+            mean = float(np.mean(returns))
+            if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
+                st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
+            summary = {
+                "algo": self.algo, "env": self.cfg.env, "seed": self.cfg.seed, "total_timesteps": step,
+                "wall_seconds": round(self.wall, 2), "eval_mean_return": mean, "eval_std_return": float(np.std(returns)),
+                "eval_episodes": len(returns), "solved_threshold": self.threshold,
+                "solved_at_step": st["solved_at_step"], "solved_at_seconds": st["solved_at_seconds"],
+                "best_eval_return": st["best"] if st["best"] > -math.inf else None,
+                "num_processes": self.dist.world_size, "rung_version": rung.__version__,
+            }
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            self.logger.log(step, self.wall, {"eval/final_mean_return": mean})
+            self.logger.close()
+            plot_curve(self.run_dir, threshold=self.threshold)
+            solved = (f"solved at step {st['solved_at_step']:,} ({st['solved_at_seconds']} s)"
+                      if st["solved_at_step"] is not None else "not solved")
+            self.logger.info(f"done: eval return {mean:.2f} ± {summary['eval_std_return']:.2f} over {len(returns)} episodes; "
+                             f"{solved}; run folder {self.run_dir}")
+        if self._eval_env is not None:
+            self._eval_env.close()
+        envs.close()
+        ddp.barrier()
+        return TrainResult(self.run_dir, summary, agent)

@@ -1,0 +1,94 @@
+"""Bad input ends in one line on stderr, exit code 2, no traceback; good input does what it says."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rung.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "ppx"], "unknown algorithm 'ppx'"),
+    (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
+    (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a number"),
+    (["train", "ppo", "--num-envs", "0"], "--num-envs must be > 0"),
+    (["train", "ppo", "--num-minibatches", "7"], "does not divide the rollout of 256"),
+    (["train", "ppo", "--gamma", "1.5"], "--gamma must be in"),
+    (["train", "ppo", "--activation", "sigmoid"], "--activation expects one of tanh, relu, elu"),
+    (["train", "ppo", "--lerning-rate", "0.1"], "did you mean --learning-rate"),
+    (["train", "reinforce", "--preset", "cartpole-ppo"], "preset cartpole-ppo is for ppo"),
+    (["train", "--resume", "/nonexistent/run"], "holds no run to resume"),
+    (["frobnicate"], "unknown command"),
+    (["eval", "/nonexistent/run"], "is not a directory"),
+    (["plot", "/nonexistent/run", "-o", "x.png"], "is not a directory"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("rung: error: ")
+
+
+def test_existing_run_dir_is_not_overwritten_without_force(capsys, tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.yaml").write_text("algo: ppo\n")
+    code, _, err = run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "256")
+    assert code == 2 and "already holds another run" in err and "--force" in err
+    assert (d / "config.yaml").read_text() == "algo: ppo\n"
+
+
+def test_missing_and_corrupt_checkpoint_on_resume(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    ck = d / "checkpoints" / "latest.pt"
+    ck.write_bytes(b"not a checkpoint")
+    code, _, err = run_cli(capsys, "train", "--resume", str(d))
+    assert code == 2 and "corrupt" in err
+    ck.unlink()
+    code, _, err = run_cli(capsys, "train", "--resume", str(d))
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_no_traceback_from_the_real_command():
+    p = subprocess.run([sys.executable, "-m", "rung.cli", "train", "ppo", "--clip-coef", "-0.5"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "rung: error: --clip-coef must be in [0.0, 10.0], got -0.5"
+    assert "Traceback" not in p.stderr
+
+
+def test_help_lists_flags_with_their_docs(capsys):
+    code, out, _ = run_cli(capsys, "train", "ppo", "--help")
+    assert code == 0
+    assert "--learning-rate" in out and "Adam learning rate" in out and "--num-envs" in out
+
+
+def test_list_shows_algorithms_and_presets(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for name in ("ppo", "reinforce", "cartpole-ppo", "acrobot-ppo", "mountaincar-ppo", "pendulum-ppo"):
+        assert name in out
+
+
+def test_flags_override_preset(capsys, tmp_path):
+    import yaml
+
+    d = tmp_path / "r"
+    code, _, err = run_cli(capsys, "train", "--preset", "acrobot-ppo", "--total-timesteps", "4096",
+                           "--num-envs", "4", "--no-normalize-reward", "--hidden-sizes", "32,32",
+                           "--eval-every", "0", "--run-dir", str(d))
+    assert code == 0, err
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["env"] == "Acrobot-v1" and cfg["num_envs"] == 4 and cfg["normalize_reward"] is False
+    assert cfg["normalize_obs"] is True and cfg["gae_lambda"] == 0.94 and cfg["hidden_sizes"] == [32, 32]
