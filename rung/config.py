@@ -37,6 +37,8 @@ class RunConfig:
     """Episodes per evaluation."""
     target_return: float | None = None
     """Eval return that counts as solved; default is the env's registered reward threshold."""
+    stop_when_solved: bool = False
+    """End the run at the first periodic evaluation at or above the target."""
     checkpoint_every: int = 10
     """Write checkpoints/latest.pt every this many iterations (and always at the end)."""
     log_every: int = 1

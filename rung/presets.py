@@ -28,7 +28,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("cartpole-reinforce", "reinforce", 475, "Gymnasium's CartPole-v1 reward threshold",
            {"env": "CartPole-v1", "total_timesteps": 300_000}),
     Preset("acrobot-ppo", "ppo", -100, "Gymnasium's Acrobot-v1 reward threshold; settings after RL Zoo",
-           {"env": "Acrobot-v1", "total_timesteps": 300_000, "num_envs": 16, "num_steps": 256, "gamma": 0.99,
+           {"env": "Acrobot-v1", "total_timesteps": 150_000, "num_envs": 16, "num_steps": 256, "gamma": 0.99,
             "gae_lambda": 0.94, "update_epochs": 4, "num_minibatches": 64, "learning_rate": 3e-4,
             "anneal_lr": False, "anneal_clip": False, "normalize_obs": True, "normalize_reward": True}),
     Preset("mountaincar-ppo", "ppo", -110, "Gymnasium's MountainCar-v0 reward threshold; settings after RL Zoo",

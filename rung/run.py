@@ -118,7 +118,7 @@ class Run:
 
     @property
     def wall(self) -> float:
-        """Seconds of training, summed across resumes."""
+        """Seconds of training since the loop started, summed across resumes."""
         return self.wall_offset + time.perf_counter() - self.t0
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -126,6 +126,9 @@ class Run:
     def restore(self, modules: dict[str, Any], envs: GymVecEnv) -> tuple[int, int]:
         """Load the checkpoint into `modules` (name -> object with load_state_dict) and `envs`;
         returns (iteration, env step) to continue from, (0, 0) for a fresh run."""
+        # The clock starts here, with the loop: set-up (imports, env and network construction) is
+        # not training time, and peers' clocks (SB3's learn()) leave it out too.
+        self.t0 = time.perf_counter()
         if self.ckpt is None:
             return 0, 0
         ck = self.ckpt
@@ -139,7 +142,6 @@ class Run:
         seeding.set_rng_state(own["rng"])
         self.eval_state = ck["eval"]
         self.wall_offset = ck["wall"]
-        self.t0 = time.perf_counter()
         self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
         return ck["iteration"], ck["step"]
 
@@ -204,6 +206,13 @@ class Run:
             st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
             solved = f"  [green]solved[/green] (>= {self.threshold:g})"
         self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}  ({self.wall:6.1f} s){solved}")
+
+    @property
+    def should_stop(self) -> bool:
+        """True once solved when the config asks to stop there; the same answer on every rank."""
+        if not self.cfg.stop_when_solved or self.cfg.eval_every <= 0:
+            return False
+        return bool(ddp.broadcast_object(self.eval_state["solved_at_step"] is not None))
 
     # -- the end -------------------------------------------------------------------------------
 

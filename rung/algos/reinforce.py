@@ -101,6 +101,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     start, step = run.restore(modules, envs)
     if start:
         obs = envs.last_obs.to(device)
+    iteration = start - 1  # so that a run resumed after its last iteration finishes at once
     for iteration in range(start, num_iterations):
         lr = cfg.learning_rate * (1.0 - iteration / num_iterations) if cfg.anneal_lr else cfg.learning_rate
         for group in opt.param_groups:
@@ -143,4 +144,6 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 ep_returns, ep_lengths, sps=steps_per_iter / (t2 - t0))
         run.maybe_evaluate(agent, envs, step_before, step)
         run.maybe_checkpoint(iteration + 1, step, modules, envs)
-    return run.finish(agent, envs, num_iterations, step, modules)
+        if run.should_stop:
+            break
+    return run.finish(agent, envs, iteration + 1, step, modules)

@@ -58,7 +58,9 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: fl
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("episodic return")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(run_dir.name, fontsize=9)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    title = f"{cfg.get('algo', '')} on {cfg.get('env', '')}, seed {cfg.get('seed', '?')}   ({run_dir.name})" if cfg else run_dir.name
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "curve.png"
     fig.savefig(out, dpi=110)

@@ -1,0 +1,32 @@
+"""Learning tests: the presets reach their published targets within calibrated budgets.
+
+Budgets come from bench/presets.py runs over 3 seeds (BENCHMARKS.md), with margin: the test
+fails if learning breaks, not if a seed is a little unlucky. Each stops at the first evaluation
+at or above the target (stop_when_solved), so a healthy run ends early."""
+
+import pytest
+
+from rung import algos, presets
+
+pytestmark = pytest.mark.slow
+
+
+def solve(preset: str, budget: int, tmp_path, **overrides):
+    p = presets.get(preset)
+    module = algos.get(p.algo)
+    cfg = module.Config(**{**p.overrides, "total_timesteps": budget, "stop_when_solved": True,
+                           "run_dir": str(tmp_path / preset), **overrides})
+    return module.train(cfg).summary
+
+
+def test_ppo_solves_cartpole_within_100k_steps(tmp_path):
+    # Calibrated: solved at 30,208 steps for seeds 1, 2, 3.
+    s = solve("cartpole-ppo", 100_000, tmp_path, eval_every=5_000)
+    assert s["solved_at_step"] is not None and s["solved_at_step"] <= 100_000
+    assert s["eval_mean_return"] >= 475
+
+
+def test_reinforce_solves_cartpole_within_150k_steps(tmp_path):
+    # Calibrated: solved at 71,680 / 81,920 / 81,920 steps for seeds 1, 2, 3.
+    s = solve("cartpole-reinforce", 150_000, tmp_path, eval_every=5_000)
+    assert s["solved_at_step"] is not None
