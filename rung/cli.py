@@ -173,7 +173,7 @@ def cmd_train(argv: list[str]) -> int:
     try:
         algo.train(cfg, resume=resume_cfg is not None, force=known.force)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: rung train --resume {getattr(cfg, 'run_dir', None) or 'RUN_DIR'}", file=sys.stderr)
+        print(f"\ninterrupted; continue with: rung train --resume {cfg.run_dir or 'RUN_DIR (printed at the start)'}", file=sys.stderr)
         return 130
     return 0
 

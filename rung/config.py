@@ -27,6 +27,8 @@ class RunConfig:
     """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
     total_timesteps: int = 100_000
     """Environment steps to train for, summed over all envs (and all processes under torchrun)."""
+    run_dir: str | None = None
+    """Run folder; default runs/<env>__<algo>__<seed>__<time>."""
     torch_threads: int = 1
     """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
     device: str = "cpu"

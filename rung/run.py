@@ -97,7 +97,7 @@ class Run:
         self.env_seed = cfg.seed + 100_003 * self.dist.rank
         seeding.seed_everything(cfg.seed + self.dist.rank)
 
-        run_dir = Path(getattr(cfg, "run_dir", None) or default_run_dir(algo, cfg))
+        run_dir = Path(cfg.run_dir or default_run_dir(algo, cfg))
         run_dir = Path(ddp.broadcast_object(str(run_dir)))
         if self.dist.is_main:
             prepare_run_dir(run_dir, resume=resume, force=force)
@@ -115,6 +115,8 @@ class Run:
         self.t0 = time.perf_counter()
         self._eval_env: GymVecEnv | None = None
         self._recent_returns: list[float] = []
+        if not resume:
+            self.logger.info(f"{algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_timesteps:,} steps -> {run_dir}")
 
     @property
     def wall(self) -> float:

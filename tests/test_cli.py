@@ -92,3 +92,21 @@ def test_flags_override_preset(capsys, tmp_path):
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     assert cfg["env"] == "Acrobot-v1" and cfg["num_envs"] == 4 and cfg["normalize_reward"] is False
     assert cfg["normalize_obs"] is True and cfg["gae_lambda"] == 0.94 and cfg["hidden_sizes"] == [32, 32]
+
+
+def test_missing_simulator_names_the_extra(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("mujoco") is not None:
+        pytest.skip("mujoco is installed here, so the error cannot happen")
+    code, _, err = run_cli(capsys, "train", "ppo", "--env", "HalfCheetah-v5")
+    assert code == 2 and "pip install 'gymnasium[mujoco]'" in err and err.count("\n") == 1
+
+
+def test_missing_video_dependency_names_the_extra(capsys, tmp_path, monkeypatch):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "256", "--eval-every", "0")[0] == 0
+    monkeypatch.setitem(sys.modules, "imageio", None)  # makes `import imageio` raise ImportError
+    monkeypatch.setitem(sys.modules, "imageio.v2", None)
+    code, _, err = run_cli(capsys, "eval", str(d), "--episodes", "1", "--video")
+    assert code == 2 and "pip install 'rung[video]'" in err and err.count("\n") == 1

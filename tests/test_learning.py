@@ -30,3 +30,9 @@ def test_reinforce_solves_cartpole_within_150k_steps(tmp_path):
     # Calibrated: solved at 71,680 / 81,920 / 81,920 steps for seeds 1, 2, 3.
     s = solve("cartpole-reinforce", 150_000, tmp_path, eval_every=5_000)
     assert s["solved_at_step"] is not None
+
+
+def test_ppo_solves_acrobot_within_60k_steps(tmp_path):
+    # Calibrated: solved at 20,480 / 32,768 / 12,288 steps for seeds 1, 2, 3.
+    s = solve("acrobot-ppo", 60_000, tmp_path, eval_every=4_096)
+    assert s["solved_at_step"] is not None

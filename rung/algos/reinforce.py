@@ -61,8 +61,6 @@ class Config(RunConfig):
     """Hidden activation."""
     log_std_init: float = 0.0
     """Initial log std of the Gaussian policy (continuous actions)."""
-    run_dir: str | None = None
-    """Run folder; default runs/<env>__reinforce__<seed>__<time>."""
 
     @property
     def batch_size(self) -> int:
