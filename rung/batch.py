@@ -18,8 +18,10 @@ class EnvStep:
     terminated: torch.Tensor  # (N,) bool, the MDP ended
     truncated: torch.Tensor  # (N,) bool, cut by a time limit (and not terminated)
     final_obs: torch.Tensor  # (N, *obs_shape) last obs of the ended episode; equals obs where not done
-    episode_returns: list[float]  # undiscounted raw returns of episodes that ended this step
-    episode_lengths: list[int]
+    # Statistics of the episodes that ended this step, as tensors so that on-device envs need no
+    # host copy per step; read them only where `done`.
+    episode_return: torch.Tensor  # (N,) undiscounted return of the raw (unnormalised) rewards
+    episode_length: torch.Tensor  # (N,) int64
 
     @property
     def done(self) -> torch.Tensor:

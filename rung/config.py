@@ -23,6 +23,9 @@ from rung.errors import UserError
 class RunConfig:
     env: str = "CartPole-v1"
     """Gymnasium environment id."""
+    randomize: str = ""
+    """Domain randomisation for batched envs, resampled at each episode start: NAME=LOW:HIGH,...
+    (e.g. pole_length=0.4:0.6,gravity=9.0:10.6). Evaluation uses the nominal parameters."""
     seed: int = 1
     """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
     total_timesteps: int = 100_000
@@ -50,6 +53,12 @@ class RunConfig:
         positive(self, "total_timesteps", "eval_episodes", "checkpoint_every", "log_every")
         non_negative(self, "seed", "torch_threads", "eval_every")
         check_choices(self)
+        if self.randomize:
+            from rung.envs.batched import parse_randomize
+
+            parse_randomize(self.randomize)
+            if not self.env.startswith("batched/"):
+                raise UserError(f"--randomize needs a batched env such as batched/{self.env}; {self.env} is a gymnasium env")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")
 

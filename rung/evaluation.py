@@ -43,7 +43,9 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
     except ImportError:
         raise missing_dependency("imageio", "video") from None
     try:
-        env = make_env(cfg.env, 1, seed, normalize_obs=getattr(cfg, "normalize_obs", False), render_mode="rgb_array")
+        # A batched env's policy is filmed in its gymnasium twin, whose dynamics it matches.
+        env = make_env(cfg.env.removeprefix("batched/"), 1, seed, normalize_obs=getattr(cfg, "normalize_obs", False),
+                       render_mode="rgb_array")
         env.normalizer.load_state_dict(normalizer)
         env.normalizer.frozen = True
         obs = env.reset()

@@ -31,11 +31,12 @@ import rung
 from rung import checkpoint, seeding
 from rung.config import RunConfig, to_dict
 from rung.distributed import ddp
-from rung.envs.make import GymVecEnv, env_threshold, make_env
+from rung.envs.make import env_threshold, make_env
 from rung.errors import UserError
 from rung.logging.logger import Logger
 from rung.logging.plots import plot_curve
 from rung.rollout.evaluate import evaluate
+from rung.types import VecEnv
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
 
@@ -113,7 +114,7 @@ class Run:
                                            "solved_at_seconds": None, "last": None}
         self.wall_offset = 0.0
         self.t0 = time.perf_counter()
-        self._eval_env: GymVecEnv | None = None
+        self._eval_env: VecEnv | None = None
         self._recent_returns: list[float] = []
         if not resume:
             self.logger.info(f"{algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_timesteps:,} steps -> {run_dir}")
@@ -125,7 +126,7 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def restore(self, modules: dict[str, Any], envs: GymVecEnv) -> tuple[int, int]:
+    def restore(self, modules: dict[str, Any], envs: VecEnv) -> tuple[int, int]:
         """Load the checkpoint into `modules` (name -> object with load_state_dict) and `envs`;
         returns (iteration, env step) to continue from, (0, 0) for a fresh run."""
         # The clock starts here, with the loop: set-up (imports, env and network construction) is
@@ -147,7 +148,7 @@ class Run:
         self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
         return ck["iteration"], ck["step"]
 
-    def save(self, iteration: int, step: int, modules: dict[str, Any], envs: GymVecEnv) -> None:
+    def save(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv) -> None:
         own = {"env": envs.state_dict(), "rng": seeding.rng_state()}
         ranks = ddp.gather_object(own, self.dist)
         if self.dist.is_main:
@@ -157,7 +158,7 @@ class Run:
             ck.update({name: m.state_dict() for name, m in modules.items()})
             checkpoint.save_atomic(ck, self.run_dir / "checkpoints" / "latest.pt")
 
-    def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: GymVecEnv) -> None:
+    def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv) -> None:
         """`iteration` counts completed iterations; saving happens at iteration boundaries so that
         a resumed run replays exactly what an uninterrupted one would."""
         if iteration % self.cfg.checkpoint_every == 0:
@@ -180,14 +181,15 @@ class Run:
 
     # -- evaluation ----------------------------------------------------------------------------
 
-    def _evaluate(self, agent: torch.nn.Module, envs: GymVecEnv, eval_round: int) -> list[float]:
+    def _evaluate(self, agent: torch.nn.Module, envs: VecEnv, eval_round: int) -> list[float]:
         if self._eval_env is None:
-            self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, normalize_obs=envs.normalizer.norm_obs)
+            self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, device=self.device,
+                                      normalize_obs=envs.normalizer.norm_obs)
         # Evaluation seeds depend only on the run's seed and the round, never on the history.
         seed = 1_000_000 + 10_007 * self.cfg.seed + self.cfg.eval_episodes * eval_round
         return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device)
 
-    def maybe_evaluate(self, agent: torch.nn.Module, envs: GymVecEnv, step_before: int, step: int) -> None:
+    def maybe_evaluate(self, agent: torch.nn.Module, envs: VecEnv, step_before: int, step: int) -> None:
         every = self.cfg.eval_every
         if every <= 0 or step // every == step_before // every or not self.dist.is_main:
             return
@@ -218,7 +220,7 @@ class Run:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def finish(self, agent: torch.nn.Module, envs: GymVecEnv, iteration: int, step: int,
+    def finish(self, agent: torch.nn.Module, envs: VecEnv, iteration: int, step: int,
                modules: dict[str, Any]) -> TrainResult:
         self.save(iteration, step, modules, envs)
         summary: dict[str, Any] = {}

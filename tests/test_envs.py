@@ -24,9 +24,9 @@ def test_step_shapes_and_episode_statistics():
         raw_sum += step.reward.numpy()
         if step.done.any():
             ended = torch.nonzero(step.done).squeeze(-1).tolist()
-            assert step.episode_returns == [raw_sum[i] for i in ended]
+            assert step.episode_return[ended].tolist() == [raw_sum[i] for i in ended]
             raw_sum[ended] = 0
-            seen += step.episode_returns
+            seen += step.episode_return[ended].tolist()
             # The final observation is kept apart from the reset observation.
             assert not torch.equal(step.final_obs[ended], step.obs[ended])
         assert torch.equal(step.final_obs[~step.done], step.obs[~step.done])
@@ -39,7 +39,7 @@ def test_truncation_is_not_termination():
     steps = [env.step(torch.tensor([0, 1])) for _ in range(5)]
     assert not any(s.terminated.any() for s in steps[:4])
     assert steps[4].truncated.all() and not steps[4].terminated.any()
-    assert steps[4].episode_lengths == [5, 5]
+    assert steps[4].episode_length.tolist() == [5, 5]
 
 
 def test_continuous_actions_are_clipped_for_the_env_only():
@@ -99,7 +99,7 @@ def test_env_state_restores_mid_episode():
     for a, r in zip(actions, ref):
         s = restored.step(a)
         assert torch.equal(s.obs, r.obs) and torch.equal(s.reward, r.reward)
-        assert s.episode_returns == r.episode_returns
+        assert torch.equal(s.episode_return[s.done], r.episode_return[r.done])
 
 
 def test_thresholds():

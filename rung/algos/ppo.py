@@ -21,6 +21,7 @@ import torch
 from rung.batch import Batch
 from rung.config import RunConfig, in_range, positive
 from rung.distributed import ddp
+from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn import ActorCritic
@@ -120,8 +121,8 @@ def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float) -
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("ppo", cfg, resume=resume, force=force)
     device, world = run.device, run.dist.world_size
-    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, normalize_obs=cfg.normalize_obs,
-                    normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)
+    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize),
+                    normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)
     agent = make_agent(cfg, envs).to(device)
     model = ddp.wrap(agent, run.dist)
     # foreach: one kernel per op for all parameters, measurably faster for small MLPs on CPU.

@@ -119,14 +119,14 @@ def sync_running_stats(rms: RunningMeanStd) -> None:
     if not is_distributed():
         return
     states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, (rms.mean, rms.var, rms.count))
-    pooled = RunningMeanStd(rms.mean.shape, epsilon=0.0)
-    pooled.count = 0.0
-    for mean, var, count in states:
-        if pooled.count == 0.0:
-            pooled.mean, pooled.var, pooled.count = mean.copy(), var.copy(), count
-        else:
-            pooled.merge(mean, var, count)
+    dist.all_gather_object(states, rms.state_dict())
+    device = rms.mean.device if isinstance(rms.mean, torch.Tensor) else None
+    pooled = RunningMeanStd(tuple(rms.mean.shape), device=device)
+    pooled.load_state_dict(states[0])
+    for state in states[1:]:
+        other = RunningMeanStd(tuple(rms.mean.shape), device=device)
+        other.load_state_dict(state)
+        pooled.merge(other.mean, other.var, other.count)
     rms.mean, rms.var, rms.count = pooled.mean, pooled.var, pooled.count / len(states)
 
 

@@ -24,6 +24,7 @@ EXTRA_FOR_ENV = {"mujoco": "gymnasium[mujoco]", "box2d": "gymnasium[box2d]"}
 
 
 def env_threshold(env_id: str) -> float | None:
+    env_id = env_id.removeprefix("batched/")
     if env_id in KNOWN_THRESHOLDS:
         return KNOWN_THRESHOLDS[env_id]
     try:
@@ -95,14 +96,11 @@ class GymVecEnv:
         done = terminated | truncated
         self.ep_return += reward
         self.ep_length += 1
-        episode_returns: list[float] = []
-        episode_lengths: list[int] = []
+        episode_return, episode_length = self.ep_return.copy(), self.ep_length.copy()
         obs_n = self.normalizer.obs(obs)
         final_n = obs_n
         if done.any():
             ended = np.flatnonzero(done)
-            episode_returns = self.ep_return[ended].tolist()
-            episode_lengths = self.ep_length[ended].tolist()
             self.ep_return[ended] = 0
             self.ep_length[ended] = 0
             final_obs = obs.copy()
@@ -116,8 +114,8 @@ class GymVecEnv:
             terminated=torch.as_tensor(terminated),
             truncated=torch.as_tensor(truncated & ~terminated),
             final_obs=self._tensor(final_n),
-            episode_returns=episode_returns,
-            episode_lengths=episode_lengths,
+            episode_return=torch.from_numpy(episode_return),
+            episode_length=torch.from_numpy(episode_length),
         )
 
     @staticmethod
@@ -152,5 +150,17 @@ class GymVecEnv:
         self.envs.close()
 
 
-def make_env(env_id: str, num_envs: int, seed: int, **kwargs: Any) -> GymVecEnv:
+def make_env(env_id: str, num_envs: int, seed: int, *, device: torch.device | str = "cpu",
+             randomize: dict[str, tuple[float, float]] | None = None, **kwargs: Any):
+    """`batched/NAME` gives a BatchedEnv on `device` (tensor dynamics, many copies); any other id
+    a GymVecEnv of gymnasium envs on the host. Both follow the VecEnv protocol."""
+    if env_id.startswith("batched/"):
+        from rung.envs import batched
+
+        if kwargs.pop("render_mode", None) is not None:
+            raise UserError(f"{env_id} does not render; render the gymnasium env {env_id.removeprefix('batched/')} instead")
+        kwargs.pop("env_kwargs", None)
+        return batched.make(env_id, num_envs, device=device, seed=seed, randomize=randomize, **kwargs)
+    if randomize:
+        raise UserError(f"--randomize needs a batched env such as batched/{env_id}; {env_id} is a gymnasium env")
     return GymVecEnv(env_id, num_envs, seed, **kwargs)

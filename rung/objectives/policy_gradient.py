@@ -23,13 +23,16 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
 
 def value_loss(values: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor | None = None,
                clip_coef: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Half squared error to the returns; with `clip_coef`, PPO's pessimistic clipped variant
-    that keeps the new value within clip_coef of the old one. All (B,)."""
-    loss = 0.5 * (values - returns).pow(2)
+    """Squared error to the returns; with `clip_coef`, PPO's pessimistic clipped variant that
+    keeps the new value within clip_coef of the old one. All (B,).
+
+    No factor 1/2: with it, `vf_coef` means half what it means in Stable-Baselines3 and RL Zoo,
+    whose tuned settings rung's presets reuse (CleanRL keeps the 1/2; halve its vf_coef to port)."""
+    loss = (values - returns).pow(2)
     if clip_coef is not None:
         assert old_values is not None, "clipped value loss needs old_values"
         clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
-        loss = torch.maximum(loss, 0.5 * (clipped - returns).pow(2))
+        loss = torch.maximum(loss, (clipped - returns).pow(2))
     return loss, {}
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from rung.envs.make import GymVecEnv
-from rung.types import Policy
+from rung.types import Policy, VecEnv
+
+# Checking "have all envs finished?" copies a flag to the host; on an accelerator that stalls the
+# stream, so it is asked every few steps rather than every step.
+CHECK_EVERY = 32
 
 
 @torch.no_grad()
-def evaluate(agent: Policy, env: GymVecEnv, seed: int, normalizer_state: dict | None = None,
+def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | None = None,
              device: torch.device | str = "cpu", deterministic: bool = True) -> list[float]:
     """One episode in each of `env.num_envs` copies, started from seeds seed, seed+1, ...
 
@@ -21,14 +23,18 @@ def evaluate(agent: Policy, env: GymVecEnv, seed: int, normalizer_state: dict | 
         env.normalizer.load_state_dict(normalizer_state)
     env.normalizer.frozen = True
     obs = env.reset(seed=seed).to(device)
-    returns = np.full(env.num_envs, np.nan)
-    while np.isnan(returns).any():
+    returns = torch.zeros(env.num_envs, dtype=torch.float64, device=device)
+    finished = torch.zeros(env.num_envs, dtype=torch.bool, device=device)
+    t = 0
+    while True:
         action, _, _ = agent.act(obs, deterministic=deterministic)
         step = env.step(action)
-        if step.episode_returns:
-            ended = torch.nonzero(step.done).squeeze(-1).tolist()
-            for i, ret in zip(ended, step.episode_returns):
-                if np.isnan(returns[i]):
-                    returns[i] = ret
+        done = step.done.to(device)
+        first = done & ~finished
+        returns = torch.where(first, step.episode_return.to(device, torch.float64), returns)
+        finished |= done
         obs = step.obs.to(device)
-    return returns.tolist()
+        t += 1
+        if t % CHECK_EVERY == 0 or not finished.is_cuda:
+            if bool(finished.all()):
+                return returns.tolist()

@@ -21,7 +21,16 @@ class RolloutStorage:
         self.truncated = z(T, N, dtype=torch.bool)  # (T, N)
         # V(final observation) where a step ended an episode by truncation, 0 elsewhere.
         self.final_values = z(T, N)  # (T, N)
+        # Raw return and length of the episode that ended at (t, n); read only where done.
+        self.episode_return = z(T, N)  # (T, N)
+        self.episode_length = z(T, N, dtype=torch.long)  # (T, N)
         self.num_steps, self.num_envs = T, N
+
+    def episodes(self) -> tuple[list[float], list[int]]:
+        """Returns and lengths of the episodes that ended in this rollout, in time order: the one
+        host copy of episode statistics per rollout."""
+        done = self.terminated | self.truncated
+        return self.episode_return[done].tolist(), self.episode_length[done].tolist()
 
     def next_values(self, last_value: torch.Tensor) -> torch.Tensor:
         """V of the observation that followed each step: the next stored obs within an episode,

@@ -1,0 +1,131 @@
+"""BatchedEnv: N copies of an environment stepped as one set of tensor operations on one device.
+
+A subclass gives the physics as pure tensor functions (`initial_state`, `dynamics`, `observe`)
+over a state of shape (N, S) and physical parameters of shape (N,) each; this class does
+everything around them: auto-reset inside `step`, time limits, episode statistics, the final
+observation of an ended episode, seeding through a torch.Generator, domain randomisation and
+observation/reward normalisation. Nothing in `step` copies to the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from rung.batch import EnvStep
+from rung.envs.wrappers import Normalizer
+from rung.errors import UserError
+
+
+class BatchedEnv:
+    # -- what a subclass declares --------------------------------------------------------------
+    name: ClassVar[str]
+    obs_dim: ClassVar[int]
+    state_dim: ClassVar[int]
+    discrete: ClassVar[bool]
+    action_dim: ClassVar[int]  # number of actions if discrete, else the action vector's size
+    max_episode_steps: ClassVar[int]
+    PARAMS: ClassVar[dict[str, float]]  # physical parameters and their defaults (gymnasium's values)
+    action_low: ClassVar[float] = -1.0
+    action_high: ClassVar[float] = 1.0
+
+    def initial_state(self, n: int) -> torch.Tensor:  # (n, state_dim), drawn from self.generator
+        raise NotImplementedError
+
+    def dynamics(self, state: torch.Tensor, action: torch.Tensor, p: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # next state, reward, terminated
+        raise NotImplementedError
+
+    def observe(self, state: torch.Tensor) -> torch.Tensor:  # (N, obs_dim)
+        raise NotImplementedError
+
+    # -- shared machinery ----------------------------------------------------------------------
+
+    def __init__(self, num_envs: int, seed: int = 0, device: torch.device | str = "cpu", *,
+                 dtype: torch.dtype = torch.float32, randomize: dict[str, tuple[float, float]] | None = None,
+                 normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99):
+        self.num_envs, self.seed = num_envs, seed
+        self.device, self.dtype = torch.device(device), dtype
+        self.obs_shape = (self.obs_dim,)
+        self.env_id = f"batched/{self.name}"
+        self.randomize = dict(randomize or {})
+        for key, (low, high) in self.randomize.items():
+            if key not in self.PARAMS:
+                raise UserError(f"{self.env_id} has no parameter {key!r} to randomise; it has {', '.join(self.PARAMS)}")
+            if not low <= high:
+                raise UserError(f"randomisation range for {key} must be low:high with low <= high, got {low}:{high}")
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.params = {k: torch.full((num_envs,), v, dtype=dtype, device=self.device) for k, v in self.PARAMS.items()}
+        self.normalizer = Normalizer(self.obs_shape, num_envs, obs=normalize_obs, reward=normalize_reward,
+                                     gamma=gamma, device=self.device)
+        self.state = torch.zeros(num_envs, self.state_dim, dtype=dtype, device=self.device)
+        self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.ep_return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
+        self.last_obs: torch.Tensor | None = None
+
+    def uniform(self, n: int, low: float | torch.Tensor, high: float | torch.Tensor, *shape: int) -> torch.Tensor:
+        u = torch.rand((n, *shape), generator=self.generator, dtype=self.dtype, device=self.device)
+        return low + (high - low) * u
+
+    def _sample_params(self) -> dict[str, torch.Tensor]:
+        return {k: self.uniform(self.num_envs, low, high) for k, (low, high) in self.randomize.items()}
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.state = self.initial_state(self.num_envs)
+        self.params.update(self._sample_params())
+        self.elapsed.zero_()
+        self.ep_return.zero_()
+        self.last_obs = self._obs(self.observe(self.state))
+        return self.last_obs
+
+    def _obs(self, obs: torch.Tensor, update: bool = True) -> torch.Tensor:
+        return self.normalizer.obs(obs, update).to(torch.float32)
+
+    def step(self, actions: torch.Tensor) -> EnvStep:
+        state, reward, terminated = self.dynamics(self.state, actions, self.params)
+        self.elapsed += 1
+        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        done = terminated | truncated
+        final_obs = self.observe(state)
+        self.ep_return += reward
+        episode_return, episode_length = self.ep_return.clone(), self.elapsed.clone()
+        # Reset without asking which envs are done (that would be a host copy): draw fresh
+        # states (and parameters) for every env and keep them where done.
+        d = done.unsqueeze(-1)
+        self.state = torch.where(d, self.initial_state(self.num_envs), state)
+        for k, v in self._sample_params().items():
+            self.params[k] = torch.where(done, v, self.params[k])
+        self.elapsed = torch.where(done, 0, self.elapsed)
+        self.ep_return = torch.where(done, 0.0, self.ep_return)
+        obs = self._obs(self.observe(self.state))
+        final = torch.where(d, self._obs(final_obs, update=False), obs)
+        self.last_obs = obs
+        return EnvStep(obs=obs, reward=self.normalizer.reward(reward.to(torch.float64), done).to(torch.float32),
+                       terminated=terminated, truncated=truncated, final_obs=final,
+                       episode_return=episode_return, episode_length=episode_length)
+
+    def render(self) -> Any:
+        raise UserError(f"{self.env_id} does not render; evaluate the policy on the gymnasium env {self.name} for video")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state.clone(), "elapsed": self.elapsed.clone(), "ep_return": self.ep_return.clone(),
+                "params": {k: v.clone() for k, v in self.params.items()}, "generator": self.generator.get_state(),
+                "normalizer": self.normalizer.state_dict(), "last_obs": self.last_obs}
+
+    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+        if not restore_envs or state["state"].shape[0] != self.num_envs:
+            return
+        self.state = state["state"].to(self.device)
+        self.elapsed = state["elapsed"].to(self.device)
+        self.ep_return = state["ep_return"].to(self.device)
+        self.params = {k: v.to(self.device) for k, v in state["params"].items()}
+        self.generator.set_state(state["generator"])
+        self.last_obs = state["last_obs"].to(self.device)
+
+    def close(self) -> None:
+        pass
