@@ -18,9 +18,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import typing
+
 from rung import algos, presets
 from rung.cli import _converter
-import typing
+from rung.logging import read_metrics
 
 
 def main() -> None:
@@ -29,6 +31,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides")
     p.add_argument("--out", default="bench/out")
+    p.add_argument("--threshold", type=float, help="also report the first eval at or above this return")
     a = p.parse_args()
     preset = presets.get(a.preset)
     module = algos.get(preset.algo)
@@ -50,6 +53,12 @@ def main() -> None:
     for s in rows:
         print(f"{s['seed']:>4} {s['eval_mean_return']:>11.1f} {s['best_eval_return']:>10.1f} {str(s['solved_at_step']):>15} "
               f"{str(s['solved_at_seconds']):>12} {s['wall_seconds']:>8.1f}")
+    if a.threshold is not None:
+        for seed in a.seeds:
+            evals = [r for r in read_metrics(Path(a.out) / a.preset / f"seed{seed}") if "eval/mean_return" in r]
+            hit = next((r for r in evals if r["eval/mean_return"] >= a.threshold), None)
+            print(f"seed {seed}: first eval >= {a.threshold:g} at step {hit['step'] if hit else None}"
+                  f" ({hit['eval/mean_return'] if hit else '-'})")
     solved = [s["solved_at_step"] for s in rows if s["solved_at_step"] is not None]
     print(f"solved {len(solved)}/{len(rows)}" + (f"; median solved step {statistics.median(solved):,.0f}" if solved else ""))
     print(f"machine: {platform.machine()} {platform.system()}, python {platform.python_version()}, date {date.today()}")

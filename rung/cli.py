@@ -114,6 +114,16 @@ def _reject_unknown(unknown: list[str], cls: type) -> None:
     raise UserError(f"unknown argument {bad!r}; {hint}")
 
 
+def _peek(argv: list[str], flag: str) -> str | None:
+    """The value given to `flag` (as `--flag V` or `--flag=V`), without consuming it."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_train(argv: list[str]) -> int:
@@ -144,7 +154,14 @@ def cmd_train(argv: list[str]) -> int:
         if algo_name and algo_name != saved_algo:
             raise UserError(f"{known.resume} is a {saved_algo} run; drop '{algo_name}' or resume another folder")
         algo_name = saved_algo
-    preset = presets.get(known.preset) if known.preset else None
+    preset = presets.get(known.preset) if known.preset and known.preset != "none" else None
+    env = _peek(rest, "--env")
+    if preset is None and known.preset is None and env and resume_cfg is None:
+        # An env with tuned settings starts from them: `rung train ppo --env batched/CartPole-v1`
+        # gets the large-batch preset without the user knowing its name.
+        preset = presets.for_env(algo_name or "ppo", env)
+        if preset:
+            print(f"rung: starting from preset {preset.name} (tuned for {env}); flags override it, --preset none skips it")
     if preset:
         if algo_name and algo_name != preset.algo:
             raise UserError(f"preset {preset.name} is for {preset.algo}, not {algo_name}; drop one of them")
@@ -158,7 +175,8 @@ def cmd_train(argv: list[str]) -> int:
     else:
         base = cls(**preset.overrides) if preset else cls()
     parser = Parser(prog=f"rung train {algo_name or 'ppo'}", description=(algo.__doc__ or "").strip().splitlines()[0])
-    parser.add_argument("--preset", help="start from a preset (see 'rung list'); flags override it")
+    parser.add_argument("--preset", help="start from a preset (see 'rung list'); flags override it. Default: the "
+                        "preset tuned for --env, if one exists; 'none' starts from the algorithm's defaults")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     parser.add_argument("--force", action="store_true", help="overwrite a run folder that already holds a run")
     add_config_flags(parser, cls, base)

@@ -34,6 +34,9 @@ class RunConfig:
     """Run folder; default runs/<env>__<algo>__<seed>__<time>."""
     torch_threads: int = 1
     """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
+    compile: bool = False
+    """torch.compile the batched env's step and the networks; the first iterations pay the compile
+    time (measured in bench/batched.py; on CPU it has not paid for itself)."""
     device: str = "cpu"
     """Torch device for the networks: cpu, cuda, or cuda:N."""
     eval_every: int = 10_000

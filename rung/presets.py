@@ -38,9 +38,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "eval_every": 25_000}),
     Preset("pendulum-ppo", "ppo", -200, "SB3 RL Zoo's PPO Pendulum-v1 result",
            {"env": "Pendulum-v1", "total_timesteps": 200_000, "num_envs": 4, "num_steps": 1024, "gamma": 0.9,
-            "gae_lambda": 0.95, "update_epochs": 10, "num_minibatches": 64, "learning_rate": 1e-3,
+            "gae_lambda": 0.95, "update_epochs": 10, "num_minibatches": 64, "learning_rate": 5e-4,
             "anneal_lr": True, "anneal_clip": False, "normalize_obs": True, "normalize_reward": False}),
+    # Many envs, few steps each, large minibatches: few gradient steps, each on a lot of data,
+    # because on a batched env sampling is nearly free and updates are what cost.
+    Preset("batched-cartpole-ppo", "ppo", 475, "Gymnasium's CartPole-v1 reward threshold; large-batch settings tuned here",
+           {"env": "batched/CartPole-v1", "total_timesteps": 1_000_000, "num_envs": 256, "num_steps": 32,
+            "num_minibatches": 4, "update_epochs": 8, "learning_rate": 3e-3, "anneal_lr": False, "anneal_clip": False,
+            "gamma": 0.99, "gae_lambda": 0.95, "eval_every": 16_384}),
 ]}
+
+
+def for_env(algo: str, env: str) -> Preset | None:
+    """The preset tuned for `env` and `algo`, if there is one."""
+    return next((p for p in PRESETS.values() if p.algo == algo and p.overrides.get("env") == env), None)
 
 
 def get(name: str) -> Preset:

@@ -28,3 +28,7 @@ class Policy(Protocol):
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(action, logprob, value) for a batch of observations."""
         ...
+
+    def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The action alone (evaluation)."""
+        ...

@@ -19,6 +19,11 @@ CASES = [
                  normalize_obs=True, normalize_reward=True)),
     ("reinforce", dict(env="CartPole-v1", num_envs=4, num_steps=64, total_timesteps=512)),
     ("reinforce", dict(env="Pendulum-v1", num_envs=2, num_steps=64, total_timesteps=512, normalize_obs=True)),
+    ("ppo", dict(env="batched/CartPole-v1", num_envs=16, num_steps=16, num_minibatches=2, total_timesteps=512,
+                 target_kl=0.001, clip_vloss=True)),
+    ("ppo", dict(env="batched/Pendulum-v1", num_envs=8, num_steps=32, num_minibatches=2, total_timesteps=512,
+                 normalize_obs=True, normalize_reward=True, randomize="gravity=9:11,max_torque=1.5:2.5")),
+    ("reinforce", dict(env="batched/Acrobot-v1", num_envs=16, num_steps=32, total_timesteps=512, normalize_obs=True)),
 ]
 
 
@@ -52,7 +57,7 @@ def test_smoke_run_folder_and_parameters_change(tmp_path, algo, overrides):
         assert not torch.equal(before, final[name]), f"{name} did not change"
 
 
-@pytest.mark.parametrize("algo, overrides", CASES[::2], ids=["ppo", "reinforce"])
+@pytest.mark.parametrize("algo, overrides", [CASES[0], CASES[2], CASES[5]], ids=["ppo", "reinforce", "ppo-batched"])
 def test_same_seed_same_result(tmp_path, algo, overrides):
     module, a = make_cfg(algo, overrides, tmp_path / "a")
     b = dataclasses.replace(a, run_dir=str(tmp_path / "b"))
@@ -72,6 +77,27 @@ def test_checkpoint_round_trip_resumes_to_the_same_parameters(tmp_path, monkeypa
     from rung.run import Run
 
     module, full = make_cfg("ppo", CASES[0][1], tmp_path / "full", total_timesteps=1024, normalize_obs=True)
+    ref = module.train(full).agent.state_dict()
+    crashed = dataclasses.replace(full, run_dir=str(tmp_path / "crashed"))
+    original = Run.maybe_checkpoint
+
+    def crash_at_512(self, iteration, step, modules, envs):
+        original(self, iteration, step, modules, envs)
+        if step == 512:
+            raise Crash
+
+    monkeypatch.setattr(Run, "maybe_checkpoint", crash_at_512)
+    with pytest.raises(Crash):
+        module.train(crashed)
+    monkeypatch.setattr(Run, "maybe_checkpoint", original)
+    resumed = module.train(crashed, resume=True).agent.state_dict()
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_batched_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    from rung.run import Run
+
+    module, full = make_cfg("ppo", CASES[5][1], tmp_path / "full", total_timesteps=1024)
     ref = module.train(full).agent.state_dict()
     crashed = dataclasses.replace(full, run_dir=str(tmp_path / "crashed"))
     original = Run.maybe_checkpoint

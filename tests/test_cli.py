@@ -29,6 +29,11 @@ def run_cli(capsys, *argv):
     (["train", "reinforce", "--preset", "cartpole-ppo"], "preset cartpole-ppo is for ppo"),
     (["train", "--resume", "/nonexistent/run"], "holds no run to resume"),
     (["frobnicate"], "unknown command"),
+    (["train", "ppo", "--env", "batched/CartPol-v1"], "did you mean batched/CartPole-v1"),
+    (["train", "ppo", "--randomize", "gravity=9:10"], "--randomize needs a batched env such as batched/CartPole-v1"),
+    (["train", "ppo", "--env", "batched/CartPole-v1", "--randomize", "gravity=9"], "NAME=LOW:HIGH"),
+    (["train", "ppo", "--env", "batched/CartPole-v1", "--randomize", "mass=1:2", "--total-timesteps", "8192"],
+     "has no parameter 'mass'"),
     (["eval", "/nonexistent/run"], "is not a directory"),
     (["plot", "/nonexistent/run", "-o", "x.png"], "is not a directory"),
 ])
@@ -110,3 +115,20 @@ def test_missing_video_dependency_names_the_extra(capsys, tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "imageio.v2", None)
     code, _, err = run_cli(capsys, "eval", str(d), "--episodes", "1", "--video")
     assert code == 2 and "pip install 'rung[video]'" in err and err.count("\n") == 1
+
+
+def test_env_with_a_preset_starts_from_it(capsys, tmp_path):
+    import yaml
+
+    d = tmp_path / "r"
+    code, out, err = run_cli(capsys, "train", "ppo", "--env", "batched/CartPole-v1", "--total-timesteps", "16384",
+                             "--eval-every", "0", "--run-dir", str(d))
+    assert code == 0, err
+    assert "starting from preset batched-cartpole-ppo" in out
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert cfg["num_envs"] == 256 and cfg["learning_rate"] == 3e-3 and cfg["total_timesteps"] == 16384
+    d2 = tmp_path / "r2"
+    code, out, _ = run_cli(capsys, "train", "ppo", "--env", "batched/CartPole-v1", "--preset", "none",
+                           "--total-timesteps", "512", "--eval-every", "0", "--run-dir", str(d2))
+    assert code == 0 and "starting from preset" not in out
+    assert yaml.safe_load((d2 / "config.yaml").read_text())["num_envs"] == 8

@@ -122,8 +122,11 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     run = Run("ppo", cfg, resume=resume, force=force)
     device, world = run.device, run.dist.world_size
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize),
-                    normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)
+                    normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma,
+                    compile=cfg.compile)
     agent = make_agent(cfg, envs).to(device)
+    if cfg.compile:
+        agent.compile_networks()
     model = ddp.wrap(agent, run.dist)
     # foreach: one kernel per op for all parameters, measurably faster for small MLPs on CPU.
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
@@ -163,11 +166,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                 opt.step()
-            if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+            if cfg.target_kl is not None and stats["losses/approx_kl"] > cfg.target_kl:
                 break
-        if world > 1:
-            for rms in (envs.normalizer.obs_rms, envs.normalizer.ret_rms):
-                ddp.sync_running_stats(rms)
+        ddp.sync_normalizer(envs.normalizer)
         t2 = time.perf_counter()
 
         step_before, step = step, step + steps_per_iter

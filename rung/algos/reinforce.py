@@ -85,8 +85,11 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     run = Run("reinforce", cfg, resume=resume, force=force)
     device, world = run.device, run.dist.world_size
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize),
-                    normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)
+                    normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma,
+                    compile=cfg.compile)
     agent = make_agent(cfg, envs).to(device)
+    if cfg.compile:
+        agent.compile_networks()
     model = ddp.wrap(agent, run.dist)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, foreach=True)
     storage = RolloutStorage(cfg.num_steps, cfg.num_envs, envs.obs_shape, envs.discrete, envs.action_dim, device)
@@ -132,9 +135,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             ddp.all_reduce_grads(agent.critic.parameters())
             torch.nn.utils.clip_grad_norm_(agent.critic.parameters(), cfg.max_grad_norm)
             opt.step()
-        if world > 1:
-            for rms in (envs.normalizer.obs_rms, envs.normalizer.ret_rms):
-                ddp.sync_running_stats(rms)
+        ddp.sync_normalizer(envs.normalizer)
         t2 = time.perf_counter()
 
         step_before, step = step, step + steps_per_iter

@@ -130,6 +130,13 @@ def sync_running_stats(rms: RunningMeanStd) -> None:
     rms.mean, rms.var, rms.count = pooled.mean, pooled.var, pooled.count / len(states)
 
 
+def sync_normalizer(normalizer) -> None:
+    """Pool observation and return statistics over ranks, so every rank normalises alike."""
+    if is_distributed():
+        sync_running_stats(normalizer.obs_rms)
+        sync_running_stats(normalizer.ret_rms)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

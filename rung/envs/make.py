@@ -161,6 +161,7 @@ def make_env(env_id: str, num_envs: int, seed: int, *, device: torch.device | st
             raise UserError(f"{env_id} does not render; render the gymnasium env {env_id.removeprefix('batched/')} instead")
         kwargs.pop("env_kwargs", None)
         return batched.make(env_id, num_envs, device=device, seed=seed, randomize=randomize, **kwargs)
+    kwargs.pop("compile", None)  # gymnasium envs run their own Python; nothing to compile
     if randomize:
         raise UserError(f"--randomize needs a batched env such as batched/{env_id}; {env_id} is a gymnasium env")
     return GymVecEnv(env_id, num_envs, seed, **kwargs)

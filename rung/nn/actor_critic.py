@@ -23,6 +23,15 @@ class ActorCritic(nn.Module):
         self.head: CategoricalHead | GaussianHead = (
             CategoricalHead(feat, action_dim) if discrete else GaussianHead(feat, action_dim, log_std_init))
 
+    def compile_networks(self) -> None:
+        """torch.compile the MLPs in place (state_dict keys unchanged, so checkpoints still load)."""
+        self.actor_body.compile()
+        self.critic.compile()
+
+    def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """The action alone, without the critic: what evaluation needs."""
+        return self.head.sample(self.dist_params(obs), deterministic)
+
     def dist_params(self, obs: torch.Tensor):
         return self.head(self.actor_body(obs))
 

@@ -27,7 +27,7 @@ def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | Non
     finished = torch.zeros(env.num_envs, dtype=torch.bool, device=device)
     t = 0
     while True:
-        action, _, _ = agent.act(obs, deterministic=deterministic)
+        action = agent.action(obs, deterministic)
         step = env.step(action)
         done = step.done.to(device)
         first = done & ~finished

@@ -44,7 +44,8 @@ class BatchedEnv:
 
     def __init__(self, num_envs: int, seed: int = 0, device: torch.device | str = "cpu", *,
                  dtype: torch.dtype = torch.float32, randomize: dict[str, tuple[float, float]] | None = None,
-                 normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99):
+                 normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
+                 compile: bool = False):
         self.num_envs, self.seed = num_envs, seed
         self.device, self.dtype = torch.device(device), dtype
         self.obs_shape = (self.obs_dim,)
@@ -62,8 +63,9 @@ class BatchedEnv:
                                      gamma=gamma, device=self.device)
         self.state = torch.zeros(num_envs, self.state_dim, dtype=dtype, device=self.device)
         self.elapsed = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self.ep_return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)
+        self.ep_return = torch.zeros(num_envs, dtype=torch.float64, device=self.device)  # of the running episode
         self.last_obs: torch.Tensor | None = None
+        self._step_fn = torch.compile(self._transition, dynamic=False) if compile else self._transition
 
     def uniform(self, n: int, low: float | torch.Tensor, high: float | torch.Tensor, *shape: int) -> torch.Tensor:
         u = torch.rand((n, *shape), generator=self.generator, dtype=self.dtype, device=self.device)
@@ -77,32 +79,40 @@ class BatchedEnv:
             self.generator.manual_seed(seed)
         self.state = self.initial_state(self.num_envs)
         self.params.update(self._sample_params())
-        self.elapsed.zero_()
-        self.ep_return.zero_()
+        self.elapsed = torch.zeros_like(self.elapsed)
+        self.ep_return = torch.zeros_like(self.ep_return)
         self.last_obs = self._obs(self.observe(self.state))
         return self.last_obs
 
     def _obs(self, obs: torch.Tensor, update: bool = True) -> torch.Tensor:
         return self.normalizer.obs(obs, update).to(torch.float32)
 
-    def step(self, actions: torch.Tensor) -> EnvStep:
-        state, reward, terminated = self.dynamics(self.state, actions, self.params)
-        self.elapsed += 1
-        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+    def _transition(self, state, actions, params, elapsed, ep_return, fresh_state):
+        """One step of every env and the auto-reset, as a pure function of tensors (so that
+        torch.compile can fuse it). Returns the new state, counters and what the step saw."""
+        if not self.discrete:
+            actions = actions.clamp(self.action_low, self.action_high)
+        nxt, reward, terminated = self.dynamics(state, actions, params)
+        elapsed = elapsed + 1
+        truncated = (elapsed >= self.max_episode_steps) & ~terminated
         done = terminated | truncated
-        final_obs = self.observe(state)
-        self.ep_return += reward
-        episode_return, episode_length = self.ep_return.clone(), self.elapsed.clone()
-        # Reset without asking which envs are done (that would be a host copy): draw fresh
-        # states (and parameters) for every env and keep them where done.
-        d = done.unsqueeze(-1)
-        self.state = torch.where(d, self.initial_state(self.num_envs), state)
+        final_obs = self.observe(nxt)
+        episode_return = ep_return + reward
+        # Reset without asking which envs are done (that would be a host copy): fresh states
+        # were drawn for every env, and are kept where done.
+        nxt = torch.where(done.unsqueeze(-1), fresh_state, nxt)
+        return (nxt, torch.where(done, 0, elapsed), torch.where(done, 0.0, episode_return), reward, terminated,
+                truncated, done, final_obs, self.observe(nxt), episode_return, elapsed)
+
+    def step(self, actions: torch.Tensor) -> EnvStep:
+        fresh = self.initial_state(self.num_envs)
+        (self.state, self.elapsed, self.ep_return, reward, terminated, truncated, done, final_obs, obs,
+         episode_return, episode_length) = self._step_fn(self.state, actions, self.params, self.elapsed,
+                                                          self.ep_return, fresh)
         for k, v in self._sample_params().items():
             self.params[k] = torch.where(done, v, self.params[k])
-        self.elapsed = torch.where(done, 0, self.elapsed)
-        self.ep_return = torch.where(done, 0.0, self.ep_return)
-        obs = self._obs(self.observe(self.state))
-        final = torch.where(d, self._obs(final_obs, update=False), obs)
+        obs = self._obs(obs)
+        final = torch.where(done.unsqueeze(-1), self._obs(final_obs, update=False), obs)
         self.last_obs = obs
         return EnvStep(obs=obs, reward=self.normalizer.reward(reward.to(torch.float64), done).to(torch.float32),
                        terminated=terminated, truncated=truncated, final_obs=final,

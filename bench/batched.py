@@ -1,0 +1,184 @@
+"""Batched tensor envs against gymnasium, and PPO wall-clock to solved, in one run.
+
+    python bench/batched.py                     # CPU, about 6 minutes on 2 cores
+    python bench/batched.py --device cuda       # on a GPU machine (see bench/gpu_check.sh)
+
+(a) Env steps/s of gymnasium's SyncVectorEnv CartPole-v1 and of rung's batched CartPole-v1 at
+    1, 64, 1024, 4096 and 16384 envs, random actions, auto-reset included; plotted against the
+    number of envs (bench/out/batched_throughput.png). rung is measured eager and, at 4096 envs,
+    compiled with torch.compile (the compile time is reported apart).
+(b) Wall-clock from the start of training to the first evaluation >= 475 (10 deterministic
+    episodes every 5k steps for SB3 and rung on gymnasium CartPole, every 16k steps on the batched
+    env): Stable-Baselines3 PPO with RL Zoo's CartPole settings (its evaluation time taken off its
+    clock), rung PPO on gymnasium CartPole (cartpole-ppo preset), rung PPO on batched CartPole
+    (batched-cartpole-ppo preset; everything from the start of training counted, evaluations too).
+    Medians over the seeds; ratios printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+COUNTS = (1, 64, 1024, 4096, 16384)
+
+
+def gym_steps_per_second(n: int, seconds: float = 2.0) -> float:
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="sync")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        env.step(rng.integers(0, 2, size=n))
+        steps += n
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+def rung_steps_per_second(n: int, device: str, compile: bool = False, seconds: float = 2.0) -> tuple[float, float]:
+    import torch
+
+    from rung.envs import batched
+
+    env = batched.make("CartPole-v1", n, device=device, seed=0, compile=compile)
+    env.reset()
+    g = torch.Generator(device=device).manual_seed(0)
+    actions = [torch.randint(0, 2, (n,), generator=g, device=device) for _ in range(16)]
+    t0 = time.perf_counter()
+    for i in range(3):  # warm-up (and compilation)
+        env.step(actions[i])
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    warm = time.perf_counter() - t0
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for a in actions:
+            env.step(a)
+        sync()
+        steps += n * len(actions)
+    return steps / (time.perf_counter() - t0), warm
+
+
+def throughput(device: str, out: Path) -> dict:
+    rows = {"gymnasium": {}, "rung": {}}
+    for n in COUNTS:
+        rows["gymnasium"][n] = gym_steps_per_second(n)
+        rows["rung"][n], _ = rung_steps_per_second(n, device)
+        print(f"  {n:>6} envs: gymnasium {rows['gymnasium'][n]:>12,.0f} steps/s   rung {rows['rung'][n]:>14,.0f} steps/s", flush=True)
+    compiled, warm = rung_steps_per_second(4096, device, compile=True)
+    rows["rung_compiled_4096"], rows["compile_seconds"] = compiled, warm
+    print(f"  4096 envs, torch.compile: {compiled:,.0f} steps/s (compile and warm-up {warm:.1f} s)", flush=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, series in (("gymnasium SyncVectorEnv", rows["gymnasium"]), (f"rung batched ({device})", rows["rung"])):
+        ax.plot(list(series), list(series.values()), "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of envs")
+    ax.set_ylabel("env steps per second")
+    ax.set_title("CartPole-v1, random actions, auto-reset included")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return rows
+
+
+def run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def rung_batched(seed: int, device: str, threads: int) -> dict:
+    import dataclasses
+    import tempfile
+
+    from rung import presets
+    from rung.algos import ppo
+
+    p = presets.get("batched-cartpole-ppo")
+    cfg = dataclasses.replace(ppo.Config(**p.overrides), seed=seed, device=device, torch_threads=threads,
+                              stop_when_solved=True, run_dir=tempfile.mkdtemp(prefix="rung-batched-"))
+    s = ppo.train(cfg).summary
+    return {"framework": "rung-batched", "seed": seed, "solved_at_seconds": s["solved_at_seconds"],
+            "solved_at_step": s["solved_at_step"], "final_eval": s["eval_mean_return"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every PPO run")
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-solve", action="store_true")
+    p.add_argument("--child", choices=["rung-batched"], help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        print("RESULT " + json.dumps(rung_batched(a.seed, a.device, a.threads)), flush=True)
+        return
+    import torch
+
+    out_dir = HERE / "out"
+    out_dir.mkdir(exist_ok=True)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads by default, "
+          f"device {a.device}" + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else "")
+          + f", python {platform.python_version()}, torch {torch.__version__}, date {date.today()}")
+    if not a.skip_throughput:
+        print("(a) env steps/s, CartPole-v1")
+        rows = throughput(a.device, out_dir / "batched_throughput.png")
+        best_gym = max(rows["gymnasium"].values())
+        print(f"  rung at 4096 envs / gymnasium's best: {rows['rung'][4096] / best_gym:.0f}x "
+              f"({rows['rung'][4096]:,.0f} vs {best_gym:,.0f} steps/s); plot {out_dir / 'batched_throughput.png'}")
+    if a.skip_solve:
+        return
+    print(f"(b) wall-clock to eval >= 475, seeds {a.seeds}, torch threads {a.threads}")
+    results: dict[str, list[dict]] = {"sb3": [], "rung-gym": [], "rung-batched": []}
+    for seed in a.seeds:
+        for name in results:
+            if name == "rung-batched":
+                args = [__file__, "--child", "rung-batched", "--seed", str(seed), "--device", a.device, "--threads", str(a.threads)]
+            else:
+                args = [str(HERE / "classic.py"), "--child", "sb3" if name == "sb3" else "rung", "--seed", str(seed),
+                        "--threads", str(a.threads)]
+            r = run_child(args)
+            results[name].append(r)
+            print(f"  {name:>12} seed {seed}: solved at {r['solved_at_seconds']} s", flush=True)
+
+    def median(name: str) -> float | None:
+        vals = [r["solved_at_seconds"] for r in results[name] if r["solved_at_seconds"] is not None]
+        return statistics.median(vals) if len(vals) == len(results[name]) else None
+
+    meds = {name: median(name) for name in results}
+    for name, m in meds.items():
+        print(f"  median seconds to solved, {name}: {m if m is not None else 'not solved by every seed'}")
+    if meds["sb3"] and meds["rung-batched"]:
+        print(f"ratio sb3 / rung-batched: {meds['sb3'] / meds['rung-batched']:.1f}x")
+    if meds["sb3"] and meds["rung-gym"]:
+        print(f"ratio sb3 / rung-gym: {meds['sb3'] / meds['rung-gym']:.1f}x")
+    (out_dir / "batched.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
