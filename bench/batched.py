@@ -126,7 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for every PPO run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the throughput figures and every PPO run")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-solve", action="store_true")
     p.add_argument("--child", choices=["rung-batched"], help=argparse.SUPPRESS)
@@ -140,9 +140,11 @@ def main() -> None:
         return
     import torch
 
+    # The same thread count for the throughput figures as for every PPO run below.
+    torch.set_num_threads(a.threads)
     out_dir = HERE / "out"
     out_dir.mkdir(exist_ok=True)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads by default, "
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"device {a.device}" + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else "")
           + f", python {platform.python_version()}, torch {torch.__version__}, date {date.today()}")
     if not a.skip_throughput:

@@ -11,3 +11,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture
 def run_dir(tmp_path):
     return tmp_path / "run"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
