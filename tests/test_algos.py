@@ -71,33 +71,14 @@ class Crash(Exception):
     pass
 
 
-def test_checkpoint_round_trip_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("case", [0, 5], ids=["gymnasium", "batched"])
+def test_crash_after_checkpoint_resumes_to_the_same_parameters(tmp_path, monkeypatch, case):
     """Crash right after the checkpoint at step 512 of 1024, resume, and compare with one
     uninterrupted run (in process; the SIGKILL version of this is in test_resume.py)."""
     from rung.run import Run
 
-    module, full = make_cfg("ppo", CASES[0][1], tmp_path / "full", total_timesteps=1024, normalize_obs=True)
-    ref = module.train(full).agent.state_dict()
-    crashed = dataclasses.replace(full, run_dir=str(tmp_path / "crashed"))
-    original = Run.maybe_checkpoint
-
-    def crash_at_512(self, iteration, step, modules, envs):
-        original(self, iteration, step, modules, envs)
-        if step == 512:
-            raise Crash
-
-    monkeypatch.setattr(Run, "maybe_checkpoint", crash_at_512)
-    with pytest.raises(Crash):
-        module.train(crashed)
-    monkeypatch.setattr(Run, "maybe_checkpoint", original)
-    resumed = module.train(crashed, resume=True).agent.state_dict()
-    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
-
-
-def test_batched_run_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-    from rung.run import Run
-
-    module, full = make_cfg("ppo", CASES[5][1], tmp_path / "full", total_timesteps=1024)
+    algo, overrides = CASES[case]
+    module, full = make_cfg(algo, {**overrides, "normalize_obs": True}, tmp_path / "full", total_timesteps=1024)
     ref = module.train(full).agent.state_dict()
     crashed = dataclasses.replace(full, run_dir=str(tmp_path / "crashed"))
     original = Run.maybe_checkpoint
