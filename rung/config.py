@@ -80,6 +80,12 @@ def non_negative(cfg: Any, *names: str) -> None:
             raise UserError(f"--{flag(name)} must be >= 0, got {value}")
 
 
+def widths(cfg: Any, name: str) -> None:
+    value = getattr(cfg, name)
+    if not value or min(value) <= 0:
+        raise UserError(f"--{flag(name)} must be positive widths such as 64,64; got {value}")
+
+
 def in_range(cfg: Any, name: str, low: float, high: float) -> None:
     value = getattr(cfg, name)
     if not low <= value <= high:

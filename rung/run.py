@@ -111,7 +111,7 @@ class Run:
         self.threshold = cfg.target_return if cfg.target_return is not None else env_threshold(cfg.env)
         self.logger = Logger(run_dir, cfg.total_timesteps, start_step=start_step, enabled=self.dist.is_main)
         self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
-                                           "solved_at_seconds": None, "last": None}
+                                           "solved_at_seconds": None}
         self.wall_offset = 0.0
         self.t0 = time.perf_counter()
         self._eval_env: VecEnv | None = None
@@ -197,7 +197,6 @@ class Run:
         returns = self._evaluate(agent, envs, st["round"])
         st["round"] += 1
         mean, std = float(np.mean(returns)), float(np.std(returns))
-        st["last"] = (mean, std)
         self.logger.log(step, self.wall, {"eval/mean_return": mean, "eval/std_return": std})
         if mean > st["best"]:
             st["best"] = mean

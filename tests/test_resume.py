@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from rung import algos, checkpoint
+from rung import checkpoint
 
 ARGS = ["--total-timesteps", "16384", "--update-epochs", "4", "--checkpoint-every", "4", "--eval-every", "4096",
         "--eval-episodes", "3", "--normalize-obs", "--normalize-reward"]

@@ -19,12 +19,12 @@ from typing import Literal
 import torch
 
 from rung.batch import Batch
-from rung.config import RunConfig, in_range, positive
+from rung.config import RunConfig, in_range, positive, widths
 from rung.distributed import ddp
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn import ActorCritic
+from rung.nn import make_actor_critic as make_agent
 from rung.objectives import entropy_loss, gae, normalize, ppo_clip_loss, value_loss
 from rung.rollout import RolloutStorage, collect_rollout
 from rung.run import Run, TrainResult
@@ -94,12 +94,7 @@ class Config(RunConfig):
         if self.batch_size % self.num_minibatches:
             raise UserError(f"--num-minibatches {self.num_minibatches} does not divide the rollout of {self.batch_size} samples "
                             f"(num_envs * num_steps); pick a divisor of {self.batch_size}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise UserError(f"--hidden-sizes must be positive widths such as 64,64; got {self.hidden_sizes}")
-
-
-def make_agent(cfg: Config, env) -> ActorCritic:
-    return ActorCritic(env.obs_shape[0], env.action_dim, env.discrete, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
+        widths(self, "hidden_sizes")
 
 
 def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -17,12 +17,12 @@ from typing import Literal
 
 import torch
 
-from rung.config import RunConfig, in_range, positive
+from rung.config import RunConfig, in_range, positive, widths
 from rung.distributed import ddp
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn import ActorCritic
+from rung.nn import make_actor_critic as make_agent
 from rung.objectives import discounted_returns, entropy_loss, normalize, reinforce_loss, value_loss
 from rung.rollout import RolloutStorage, collect_rollout
 from rung.run import Run, TrainResult
@@ -73,12 +73,7 @@ class Config(RunConfig):
         in_range(self, "gamma", 0.0, 1.0)
         if self.value_epochs < 0:
             raise UserError(f"--value-epochs must be >= 0, got {self.value_epochs}")
-        if not self.hidden_sizes or min(self.hidden_sizes) <= 0:
-            raise UserError(f"--hidden-sizes must be positive widths such as 64,64; got {self.hidden_sizes}")
-
-
-def make_agent(cfg: Config, env) -> ActorCritic:
-    return ActorCritic(env.obs_shape[0], env.action_dim, env.discrete, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
+        widths(self, "hidden_sizes")
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:

@@ -52,3 +52,8 @@ class ActorCritic(nn.Module):
         """(log-prob, entropy, value) of given actions, each (B,)."""
         params = self.dist_params(obs)
         return self.head.log_prob(params, actions), self.head.entropy(params), self.value(obs)
+
+
+def make_actor_critic(cfg, env) -> ActorCritic:
+    """The actor-critic for `env` from a config's hidden_sizes, activation and log_std_init."""
+    return ActorCritic(env.obs_shape[0], env.action_dim, env.discrete, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
 from torch import nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
