@@ -22,6 +22,7 @@ class EnvStep:
     # host copy per step; read them only where `done`.
     episode_return: torch.Tensor  # (N,) undiscounted return of the raw (unnormalised) rewards
     episode_length: torch.Tensor  # (N,) int64
+    success: torch.Tensor | None = None  # (N,) bool, the env's info["is_success"] where it reports one
 
     @property
     def done(self) -> torch.Tensor:

@@ -234,11 +234,12 @@ def cmd_list(argv: list[str]) -> int:
     print("algorithms (rung train ALGO):")
     for name, what in ALGOS.items():
         print(f"  {name:<12}{what}")
-    print("\npresets (rung train --preset NAME), each held to its target mean eval return:")
-    print(f"  {'name':<20}{'algo':<11}{'env':<16}{'steps':>10}  {'target':>7}  source of the target")
+    print("\npresets (rung train --preset NAME), each held to its target (mean eval return unless marked):")
+    print(f"  {'name':<22}{'algo':<11}{'env':<22}{'steps':>10}  {'target':>8}  source of the target")
     for p in PRESETS.values():
-        print(f"  {p.name:<20}{p.algo:<11}{p.overrides.get('env', ''):<16}{p.overrides.get('total_timesteps', 0):>10,}"
-              f"  {p.target:>7g}  {p.source}")
+        target = f"{p.target:g}" + ("" if p.metric == "return" else " sr")
+        print(f"  {p.name:<22}{p.algo:<11}{p.overrides.get('env', ''):<22}{p.overrides.get('total_timesteps', 0):>10,}"
+              f"  {target:>8}  {p.source}")
     return 0
 
 

@@ -14,7 +14,7 @@ import textwrap
 import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from rung.errors import UserError
 
@@ -140,3 +140,53 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise UserError(f"unknown config field(s) {', '.join(unknown)} for {cls.__module__}; remove them from the config")
     return cls(**values)
+
+
+@dataclass
+class OffPolicyConfig(RunConfig):
+    """The knobs every replay-based algorithm shares (DQN, DDPG, TD3, SAC). An iteration is one
+    step of all envs, so log_every and checkpoint_every count env steps per env here."""
+
+    num_envs: int = 1
+    """Parallel environments; each iteration steps all of them once."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions; the memory is allocated (and checked) at the start."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    learning_starts: int = 100
+    """Env steps of uniformly random actions before learning begins."""
+    train_freq: int = 1
+    """Update every this many iterations."""
+    gradient_steps: int = 1
+    """Gradient steps per update."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak rate of the target networks (1.0 copies them outright)."""
+    learning_rate: float = 3e-4
+    """Adam learning rate."""
+    normalize_obs: bool = False
+    """Standardise observations at the network input with running statistics (saved with the
+    agent); the replay buffer keeps them raw."""
+    save_buffer: bool = False
+    """Put the replay buffer in checkpoints, so a resumed run continues exactly (files get large);
+    without it a resumed run refills the buffer with its current policy."""
+    her: bool = False
+    """Hindsight experience replay for goal-conditioned envs (Fetch*): relabel goals with ones reached later."""
+    her_strategy: Literal["future", "final", "episode"] = "future"
+    """Where relabelled goals come from in the episode."""
+    her_n_sampled_goal: int = 4
+    """Relabelled samples per real one (a fraction k/(k+1) of each batch)."""
+    eval_every: int = 5_000
+    log_every: int = 1_000
+    checkpoint_every: int = 10_000
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "num_envs", "buffer_size", "batch_size", "train_freq", "gradient_steps", "learning_rate",
+                 "her_n_sampled_goal")
+        non_negative(self, "learning_starts")
+        in_range(self, "gamma", 0.0, 1.0)
+        in_range(self, "tau", 0.0, 1.0)
+        if self.tau == 0:
+            raise UserError("--tau 0 would freeze the target networks; use a value in (0, 1]")

@@ -53,7 +53,7 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
     except ImportError as e:  # gymnasium's renderers need pygame (classic control) or mujoco
         raise UserError(f"rendering {cfg.env} needs {e.name or 'a renderer'}; install it with: pip install 'rung[video]'") from None
     while True:
-        action, _, _ = agent.act(obs, deterministic=True)
+        action = agent.action(obs, deterministic=True)
         step = env.step(action)
         if bool(step.done[0]):
             break
@@ -71,13 +71,16 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
 def evaluate_run(run_dir: Path, episodes: int, which: str = "best", seed: int = 12345, video: bool = False) -> dict[str, Any]:
     cfg, agent, normalizer, info = load_policy(run_dir, which)
     env = make_env(cfg.env, episodes, 0, normalize_obs=getattr(cfg, "normalize_obs", False))
-    returns = evaluate(agent, env, seed, normalizer)
+    successes: list[float] = []
+    returns = evaluate(agent, env, seed, normalizer, successes=successes)
     env.close()
     result: dict[str, Any] = {
         "algo": info["algo"], "env": cfg.env, "checkpoint": info["path"].stem, "step": info["step"],
         "episodes": episodes, "seed": seed, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
         "returns": returns,
     }
+    if successes:
+        result["success_rate"] = float(np.mean(successes))
     if video:
         result["video"] = str(record_video(cfg, agent, normalizer, run_dir / "eval.mp4", seed))
     write_json_atomic(run_dir / "eval.json", result)

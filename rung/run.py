@@ -81,6 +81,37 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
+class Counters(dict):
+    """Loop counters that a resumed run continues from (gradient steps taken, ...): goes into
+    the checkpoint's modules like any object with a state_dict."""
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.update(state)
+
+
+class EpisodeTally:
+    """Episodes that ended since the last log line, for loops that step envs one at a time and
+    log every `log_every` steps (the off-policy algorithms)."""
+
+    def __init__(self) -> None:
+        self.episodes: list[tuple[float, int]] = []  # (return, length)
+        self.successes: list[float] = []  # the env's is_success at episode end, where it reports one
+        self.t = time.perf_counter()
+
+    def flush(self, run: "Run", iteration: int, step: int, metrics: dict[str, Any], steps: int) -> None:
+        now = time.perf_counter()
+        if self.successes:
+            metrics["charts/success_rate"] = sum(self.successes) / len(self.successes)
+        run.log(iteration, step, metrics, [r for r, _ in self.episodes], [n for _, n in self.episodes],
+                sps=steps / (now - self.t))
+        self.episodes.clear()
+        self.successes.clear()
+        self.t = now
+
+
 class Run:
     """Call order in an algorithm: Run(...) -> restore() -> [log(), maybe_evaluate(),
     maybe_checkpoint()] per iteration -> finish()."""
@@ -181,23 +212,28 @@ class Run:
 
     # -- evaluation ----------------------------------------------------------------------------
 
-    def _evaluate(self, agent: torch.nn.Module, envs: VecEnv, eval_round: int) -> list[float]:
+    def _evaluate(self, agent: torch.nn.Module, envs: VecEnv, eval_round: int,
+                  successes: list[float] | None = None) -> list[float]:
         if self._eval_env is None:
             self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, device=self.device,
                                       normalize_obs=envs.normalizer.norm_obs)
         # Evaluation seeds depend only on the run's seed and the round, never on the history.
         seed = 1_000_000 + 10_007 * self.cfg.seed + self.cfg.eval_episodes * eval_round
-        return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device)
+        return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device, successes=successes)
 
     def maybe_evaluate(self, agent: torch.nn.Module, envs: VecEnv, step_before: int, step: int) -> None:
         every = self.cfg.eval_every
         if every <= 0 or step // every == step_before // every or not self.dist.is_main:
             return
         st = self.eval_state
-        returns = self._evaluate(agent, envs, st["round"])
+        successes: list[float] = []
+        returns = self._evaluate(agent, envs, st["round"], successes)
         st["round"] += 1
         mean, std = float(np.mean(returns)), float(np.std(returns))
-        self.logger.log(step, self.wall, {"eval/mean_return": mean, "eval/std_return": std})
+        metrics = {"eval/mean_return": mean, "eval/std_return": std}
+        if successes:
+            metrics["eval/success_rate"] = float(np.mean(successes))
+        self.logger.log(step, self.wall, metrics)
         if mean > st["best"]:
             st["best"] = mean
             checkpoint.save_atomic({"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg),
@@ -208,7 +244,8 @@ class Run:
         if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
             st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
             solved = f"  [green]solved[/green] (>= {self.threshold:g})"
-        self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}  ({self.wall:6.1f} s){solved}")
+        rate = f"  success {metrics['eval/success_rate']:.2f}" if successes else ""
+        self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}{rate}  ({self.wall:6.1f} s){solved}")
 
     @property
     def should_stop(self) -> bool:
@@ -224,7 +261,8 @@ class Run:
         self.save(iteration, step, modules, envs)
         summary: dict[str, Any] = {}
         if self.dist.is_main:
-            returns = self._evaluate(agent, envs, 10**6)  # a round number no periodic eval uses
+            successes: list[float] = []
+            returns = self._evaluate(agent, envs, 10**6, successes)  # a round number no periodic eval uses
             st = self.eval_state
             mean = float(np.mean(returns))
             if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
@@ -237,6 +275,8 @@ class Run:
                 "best_eval_return": st["best"] if st["best"] > -math.inf else None,
                 "num_processes": self.dist.world_size, "rung_version": rung.__version__,
             }
+            if successes:
+                summary["eval_success_rate"] = float(np.mean(successes))
             write_json_atomic(self.run_dir / "summary.json", summary)
             self.logger.log(step, self.wall, {"eval/final_mean_return": mean})
             self.logger.close()

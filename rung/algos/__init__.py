@@ -11,6 +11,10 @@ from rung.errors import UserError
 ALGOS: dict[str, str] = {
     "ppo": "PPO, clipped surrogate objective (discrete and continuous actions)",
     "reinforce": "REINFORCE with a learned baseline (discrete and continuous actions)",
+    "dqn": "DQN with double-Q targets and a target network (discrete actions)",
+    "ddpg": "DDPG, deterministic actor-critic (continuous actions)",
+    "td3": "TD3, twin critics, delayed actor, target smoothing (continuous actions)",
+    "sac": "Soft Actor-Critic with automatic entropy tuning (continuous actions; --her for goal envs)",
 }
 
 

@@ -20,7 +20,15 @@ from rung.errors import UserError
 KNOWN_THRESHOLDS = {"Pendulum-v1": -200.0, "MountainCarContinuous-v0": 90.0}
 
 # Which extra brings the simulator an env id needs.
-EXTRA_FOR_ENV = {"mujoco": "gymnasium[mujoco]", "box2d": "gymnasium[box2d]"}
+EXTRA_FOR_ENV = {"mujoco": "rung[mujoco]", "box2d": "gymnasium[box2d]"}
+
+# Ids that gymnasium-robotics registers; they exist only once that package has been imported,
+# which is slow and pulls in mujoco, so it happens on first use, not when rung is imported.
+ROBOTICS_PREFIXES = ("Fetch", "HandReach", "HandManipulate", "Adroit", "PointMaze", "AntMaze", "FrankaKitchen")
+
+# A goal-conditioned env (gymnasium-robotics' GoalEnv) is flattened in this order, which is the
+# order `goal_parts` slices and HER buffers concatenate in.
+GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 
 
 def env_threshold(env_id: str) -> float | None:
@@ -33,7 +41,23 @@ def env_threshold(env_id: str) -> float | None:
         return None
 
 
+def _register_robotics(env_id: str) -> None:
+    try:
+        import gymnasium_robotics
+    except ImportError:
+        if env_id.startswith(ROBOTICS_PREFIXES):
+            raise UserError(f"{env_id} needs gymnasium-robotics; install it with: pip install 'rung[robotics]'") from None
+        return
+    gym.register_envs(gymnasium_robotics)
+
+
 def check_env_id(env_id: str) -> None:
+    try:
+        gym.spec(env_id)
+        return
+    except gym.error.Error:
+        pass
+    _register_robotics(env_id)
     try:
         gym.spec(env_id)
     except gym.error.Error:
@@ -62,9 +86,18 @@ class GymVecEnv:
             extra = next((v for k, v in EXTRA_FOR_ENV.items() if k in str(e).lower()), "gymnasium[all]")
             raise UserError(f"{env_id} needs a simulator that is not installed; install it with: pip install '{extra}'") from None
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
-        if not isinstance(obs_space, gym.spaces.Box):
+        # Where each part of a goal env's flat observation lies; None for a plain Box env.
+        self.goal_parts: dict[str, slice] | None = None
+        if (isinstance(obs_space, gym.spaces.Dict) and set(obs_space.spaces) == set(GOAL_KEYS)
+                and all(len(obs_space[k].shape) == 1 for k in GOAL_KEYS)):
+            sizes = [obs_space[k].shape[0] for k in GOAL_KEYS]
+            ends = np.cumsum(sizes).tolist()
+            self.goal_parts = {k: slice(end - n, end) for k, n, end in zip(GOAL_KEYS, sizes, ends)}
+            self.obs_shape = (ends[-1],)
+        elif isinstance(obs_space, gym.spaces.Box):
+            self.obs_shape = tuple(obs_space.shape)
+        else:
             raise UserError(f"{env_id} has {type(obs_space).__name__} observations; rung's MLP policies take Box observations")
-        self.obs_shape = tuple(obs_space.shape)
         if isinstance(act_space, gym.spaces.Discrete):
             self.discrete, self.action_dim = True, int(act_space.n)
         elif isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
@@ -82,7 +115,7 @@ class GymVecEnv:
         obs, _ = self.envs.reset(seed=[base + i for i in range(self.num_envs)])
         self.ep_return[:] = 0
         self.ep_length[:] = 0
-        self.last_obs = self._tensor(self.normalizer.obs(obs))
+        self.last_obs = self._tensor(self.normalizer.obs(self._flat(obs)))
         return self.last_obs
 
     def step(self, actions: torch.Tensor) -> EnvStep:
@@ -92,6 +125,7 @@ class GymVecEnv:
             # learner keeps the sampled one, so its log-prob stays exact.
             act = np.clip(act, self.action_low, self.action_high)
         obs, reward, terminated, truncated, info = self.envs.step(act)
+        obs = self._flat(obs)
         reward = np.asarray(reward, np.float64)
         done = terminated | truncated
         self.ep_return += reward
@@ -104,7 +138,7 @@ class GymVecEnv:
             self.ep_return[ended] = 0
             self.ep_length[ended] = 0
             final_obs = obs.copy()
-            final_obs[ended] = np.stack([info["final_obs"][i] for i in ended])
+            final_obs[ended] = np.stack([self._flat(info["final_obs"][i]) for i in ended])
             final_n = self.normalizer.obs(final_obs, update=False)
         reward_n = self.normalizer.reward(reward, done)
         self.last_obs = self._tensor(obs_n)
@@ -116,7 +150,39 @@ class GymVecEnv:
             final_obs=self._tensor(final_n),
             episode_return=torch.from_numpy(episode_return),
             episode_length=torch.from_numpy(episode_length),
+            success=self._success(info, done),
         )
+
+    def _flat(self, obs: Any) -> np.ndarray:
+        """A goal env's dict observation (batched or one env's) as one vector in GOAL_KEYS order."""
+        if self.goal_parts is None:
+            return obs
+        return np.concatenate([np.asarray(obs[k], np.float64) for k in GOAL_KEYS], axis=-1)
+
+    @staticmethod
+    def _success(info: dict[str, Any], done: np.ndarray) -> torch.Tensor | None:
+        # With SAME_STEP autoreset the top-level info of an env that just ended is its reset info,
+        # which carries no is_success; the final step's verdict is in final_info.
+        final = info.get("final_info", {})
+        if "is_success" not in info and "is_success" not in final:
+            return None
+        success = np.zeros(done.shape, bool)
+        if "is_success" in info:
+            has = info["_is_success"] & ~done
+            success[has] = np.asarray(info["is_success"])[has] > 0
+        if "is_success" in final:
+            has = final["_is_success"] & done
+            success[has] = np.asarray(final["is_success"])[has] > 0
+        return torch.as_tensor(success)
+
+    def compute_reward(self, achieved: torch.Tensor, desired: torch.Tensor) -> torch.Tensor:
+        """The env's own reward for reaching `achieved` when `desired` was asked, (B, goal) -> (B,):
+        what HER calls to relabel stored transitions with other goals."""
+        if self.goal_parts is None:
+            raise UserError(f"{self.env_id} is not goal-conditioned; HER needs an env with observation, "
+                            "achieved_goal and desired_goal, such as FetchReach-v4")
+        reward = self.envs.envs[0].unwrapped.compute_reward(achieved.cpu().numpy(), desired.cpu().numpy(), None)
+        return torch.as_tensor(np.asarray(reward, np.float32))
 
     @staticmethod
     def _tensor(x: np.ndarray) -> torch.Tensor:
@@ -128,10 +194,16 @@ class GymVecEnv:
     def state_dict(self) -> dict[str, Any]:
         """Normaliser statistics always; the simulators themselves where they pickle (classic
         control does), which makes a resumed run continue mid-episode exactly."""
-        try:
-            envs = pickle.dumps(self.envs)
-        except Exception:  # a simulator holding handles that cannot be pickled
+        # EzPickle envs (MuJoCo, Box2D, gymnasium-robotics) pickle their constructor arguments, not
+        # their state: unpickled they are fresh and un-reset (a Fetch env then fails on its first
+        # step), so they are not saved and a resumed run starts new episodes instead.
+        if any(isinstance(e.unwrapped, gym.utils.EzPickle) for e in self.envs.envs):
             envs = None
+        else:
+            try:
+                envs = pickle.dumps(self.envs)
+            except Exception:  # a simulator holding handles that cannot be pickled
+                envs = None
         return {"normalizer": self.normalizer.state_dict(), "envs": envs, "last_obs": self.last_obs,
                 "ep_return": self.ep_return.copy(), "ep_length": self.ep_length.copy()}
 

@@ -37,3 +37,34 @@ def collect_rollout(env: VecEnv, agent: Policy, storage: RolloutStorage, obs: to
                 storage.final_values[t, trunc] = agent.value(step.final_obs.to(device)[trunc])
         obs = step.obs.to(device)
     return (obs, *storage.episodes())
+
+
+@torch.no_grad()
+def step_into_buffer(env: VecEnv, obs: torch.Tensor, actions: torch.Tensor, buffer, episodes: list[tuple[float, int]],
+                     successes: list[float] | None = None) -> torch.Tensor:
+    """One env step for off-policy learning: store (obs, action, reward, next obs, terminated)
+    in `buffer` and return the observation to act from next.
+
+    The stored next observation is the one the action led to, which after an auto-reset is
+    `final_obs`, not the new episode's first observation. Only termination is stored: a
+    truncated transition bootstraps from its final observation like any other. Episodes that
+    ended are appended to `episodes` as (return, length), and the env's success flags to
+    `successes` where it reports them."""
+    step = env.step(actions)
+    done = step.done
+    buffer.add(obs, actions, step.reward, step.final_obs, step.terminated.float(), done)
+    if bool(done.any()):
+        episodes.extend(zip(step.episode_return[done].tolist(), step.episode_length[done].tolist()))
+        if successes is not None and getattr(step, "success", None) is not None:
+            successes.extend(step.success[done].float().tolist())
+    return step.obs
+
+
+def random_actions(env: VecEnv, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform actions over the env's action space, from the global torch RNG (seeded and saved
+    with checkpoints): the warm-up before learning starts."""
+    if env.discrete:
+        return torch.randint(0, env.action_dim, (env.num_envs,), device=device)
+    low = torch.as_tensor(env.action_low, dtype=torch.float32, device=device)
+    high = torch.as_tensor(env.action_high, dtype=torch.float32, device=device)
+    return low + (high - low) * torch.rand(env.num_envs, env.action_dim, device=device)

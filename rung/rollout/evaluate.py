@@ -13,8 +13,11 @@ CHECK_EVERY = 32
 
 @torch.no_grad()
 def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | None = None,
-             device: torch.device | str = "cpu", deterministic: bool = True) -> list[float]:
+             device: torch.device | str = "cpu", deterministic: bool = True,
+             successes: list[float] | None = None) -> list[float]:
     """One episode in each of `env.num_envs` copies, started from seeds seed, seed+1, ...
+    Returns the episodes' returns; where the env reports success (goal-conditioned envs) and
+    `successes` is given, each episode's final success flag is appended to it.
 
     Observation statistics come frozen from the training env, so evaluation neither moves them
     nor sees different inputs than training did. Draws nothing from the global torch RNG when
@@ -25,6 +28,8 @@ def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | Non
     obs = env.reset(seed=seed).to(device)
     returns = torch.zeros(env.num_envs, dtype=torch.float64, device=device)
     finished = torch.zeros(env.num_envs, dtype=torch.bool, device=device)
+    success = torch.zeros(env.num_envs, dtype=torch.float64, device=device)
+    reports_success = False
     t = 0
     while True:
         action = agent.action(obs, deterministic)
@@ -32,9 +37,14 @@ def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | Non
         done = step.done.to(device)
         first = done & ~finished
         returns = torch.where(first, step.episode_return.to(device, torch.float64), returns)
+        if step.success is not None:
+            reports_success = True
+            success = torch.where(first, step.success.to(device, torch.float64), success)
         finished |= done
         obs = step.obs.to(device)
         t += 1
         if t % CHECK_EVERY == 0 or not finished.is_cuda:
             if bool(finished.all()):
+                if successes is not None and reports_success:
+                    successes.extend(success.tolist())
                 return returns.tolist()

@@ -1,0 +1,131 @@
+"""TD3, Twin Delayed DDPG (Fujimoto et al. 2018), continuous actions.
+
+Three changes to DDPG, each against overestimation: the target takes the minimum of two critics,
+the actor and the target networks move once per `policy_delay` critic steps, and the target
+action is smoothed with clipped noise. Exploration is Gaussian noise on the actor's action.
+
+Run:  rung train td3 --env Pendulum-v1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rung.algos.sac import adam
+from rung.buffers.replay import make_buffer
+from rung.config import OffPolicyConfig, non_negative, positive, widths
+from rung.envs.make import make_env
+from rung.errors import UserError
+from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
+from rung.rollout.collect import random_actions, step_into_buffer
+from rung.run import Counters, EpisodeTally, Run, TrainResult
+
+
+@dataclass
+class Config(OffPolicyConfig):
+    env: str = "Pendulum-v1"
+    """Gymnasium id of an env with continuous (Box) actions."""
+    total_timesteps: int = 20_000
+    """Environment steps to train for, summed over all envs."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of actor and critics."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden widths of the actor and of each critic."""
+    exploration_noise: float = 0.1
+    """Std of the Gaussian noise added to actions while collecting, as a fraction of the half-range."""
+    policy_delay: int = 2
+    """Critic steps per actor (and target-network) step."""
+    target_policy_noise: float = 0.2
+    """Std of the target-action smoothing noise, as a fraction of the half-range."""
+    target_noise_clip: float = 0.5
+    """Clip of that noise, as a fraction of the half-range."""
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "policy_delay")
+        non_negative(self, "exploration_noise", "target_policy_noise", "target_noise_clip")
+        widths(self, "hidden_sizes")
+
+
+def make_agent(cfg: Config, env, n_critics: int = 2) -> DeterministicAgent:
+    if env.discrete:
+        raise UserError(f"{cfg.env} has discrete actions; td3 and ddpg need continuous ones (use dqn or ppo)")
+    low = torch.as_tensor(env.action_low, dtype=torch.float32).expand(env.action_dim)
+    high = torch.as_tensor(env.action_high, dtype=torch.float32).expand(env.action_dim)
+    return DeterministicAgent(env.obs_shape[0], env.action_dim, cfg.hidden_sizes, cfg.hidden_sizes, n_critics, low, high,
+                              cfg.normalize_obs)
+
+
+def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
+    run = Run("td3", cfg, resume=resume, force=force)
+    device = run.device
+    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device)
+    agent = make_agent(cfg, envs).to(device)
+    actor_opt = adam(agent.actor.parameters(), cfg.learning_rate)
+    critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)
+    buffer = make_buffer(cfg, envs, device, cfg.seed)
+    modules = {"agent": agent, "actor_opt": actor_opt, "critic_opt": critic_opt}
+    counters = Counters(updates=0)
+    modules["counters"] = counters
+    if cfg.save_buffer:
+        modules["buffer"] = buffer
+    num_iterations = cfg.total_timesteps // cfg.num_envs
+    scale, bias = agent.actor.scale, agent.actor.bias
+
+    obs = envs.reset().to(device)
+    start, step = run.restore(modules, envs)
+    if start:
+        obs = envs.last_obs.to(device)
+    tally = EpisodeTally()
+    stats: dict[str, torch.Tensor] = {}
+    iteration = start - 1
+    for iteration in range(start, num_iterations):
+        if step < cfg.learning_starts:
+            actions = random_actions(envs, device)
+        else:
+            actions = agent.explore(obs, cfg.exploration_noise)
+        obs = step_into_buffer(envs, obs, actions, buffer, tally.episodes, tally.successes).to(device)
+        agent.obs_norm.update(obs)
+        step_before, step = step, step + cfg.num_envs
+
+        if step >= cfg.learning_starts and iteration % cfg.train_freq == 0 and len(buffer) >= cfg.batch_size:
+            for _ in range(cfg.gradient_steps):
+                b = buffer.sample(cfg.batch_size)
+                o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
+                with torch.no_grad():
+                    mu_next = agent.actor_target(o_next)
+                    noise = cfg.target_policy_noise * scale * torch.randn_like(mu_next)
+                    next_actions = smoothed_target_action(mu_next, noise, cfg.target_noise_clip * scale,
+                                                          bias - scale, bias + scale)
+                    target = clipped_double_q_target(agent.qf_target(o_next, next_actions), b.rewards,
+                                                     b.terminated, cfg.gamma)
+                q = agent.qf(o, b.actions)
+                critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+                critic_opt.zero_grad(set_to_none=True)
+                critic_loss.backward()
+                critic_opt.step()
+                counters["updates"] += 1
+                stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q.detach().mean()
+
+                if counters["updates"] % cfg.policy_delay == 0:
+                    # The actor follows the first critic only, as in the paper.
+                    pi_loss, pi_stats = deterministic_policy_loss(agent.qf(o, agent.actor(o), detach_params=True)[0])
+                    actor_opt.zero_grad(set_to_none=True)
+                    pi_loss.mean().backward()
+                    actor_opt.step()
+                    polyak_update(agent.qf_target, agent.qf, cfg.tau)
+                    polyak_update(agent.actor_target, agent.actor, cfg.tau)
+                    stats["losses/actor"] = pi_loss.detach().mean()
+                    stats.update({f"losses/{k}": v for k, v in pi_stats.items()})
+
+        if (iteration + 1) % cfg.log_every == 0:
+            tally.flush(run, iteration + 1, step, {**{k: float(v) for k, v in stats.items()}, "charts/updates": counters["updates"]},
+                        cfg.log_every * cfg.num_envs)
+        run.maybe_evaluate(agent, envs, step_before, step)
+        run.maybe_checkpoint(iteration + 1, step, modules, envs)
+        if run.should_stop:
+            break
+    return run.finish(agent, envs, iteration + 1, step, modules)

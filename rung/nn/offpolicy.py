@@ -1,0 +1,194 @@
+"""Networks of the off-policy algorithms: Q-networks, critic ensembles, deterministic and
+tanh-squashed Gaussian actors, and the agents that bundle them with their target copies.
+
+Initialisation is PyTorch's default (uniform in +-1/sqrt(fan_in)), the choice of the DQN, TD3
+and SAC implementations whose published results the presets aim at; the orthogonal init in
+mlp.py is an on-policy finding."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from rung.envs.wrappers import RunningMeanStd
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class ObsNorm(nn.Module):
+    """Observation standardisation at the network input, with running statistics that travel in
+    the agent's state_dict (so best.pt evaluates as trained). Off-policy methods normalise here
+    rather than in the env because the replay buffer must keep raw observations: statistics
+    move during training, and HER recomputes rewards from raw goals. Identity when disabled."""
+
+    def __init__(self, obs_dim: int, enabled: bool, clip: float = 10.0):
+        super().__init__()
+        self.enabled, self.clip = enabled, clip
+        self.rms = RunningMeanStd((obs_dim,), device="cpu")
+        self.register_buffer("shift", torch.zeros(obs_dim))
+        self.register_buffer("inv_std", torch.ones(obs_dim))
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor) -> None:
+        if self.enabled:
+            self.rms.update(obs.detach().cpu())
+            self.shift.copy_(self.rms.mean)
+            self.inv_std.copy_((self.rms.var + 1e-8).rsqrt())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return obs
+        return ((obs - self.shift) * self.inv_std).clamp(-self.clip, self.clip)
+
+    def get_extra_state(self):
+        return self.rms.state_dict()
+
+    def set_extra_state(self, state) -> None:
+        self.rms.load_state_dict(state)
+
+
+def plain_mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class QEnsemble(nn.Module):
+    """n independent Q(s, a) MLPs evaluated as one: each layer is a batched matmul over the
+    critics, so two critics cost about what one does in kernel launches (the bottleneck at these
+    sizes on CPU and GPU alike)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple[int, ...], n: int = 2):
+        super().__init__()
+        self.n = n
+        sizes = [obs_dim + action_dim, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        """(n, B) Q-values. `detach_params` gives gradients to the inputs only: the actor's loss
+        needs dQ/da, and computing the critics' own weight gradients there would be wasted work."""
+        x = torch.cat([obs, action], -1).unsqueeze(0).expand(self.n, -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if detach_params:
+                w, b = w.detach(), b.detach()
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """mu(s) = low + (tanh(f(s)) + 1) / 2 * (high - low): always inside the action box."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple[int, ...], low, high):
+        super().__init__()
+        self.net = plain_mlp([obs_dim, *hidden, action_dim])
+        low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        self.register_buffer("scale", (high - low) / 2)
+        self.register_buffer("bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.scale + self.bias
+
+
+class SquashedGaussianActor(nn.Module):
+    """a = tanh(u) scaled to the action box, u ~ N(mean(s), std(s)) (Haarnoja et al. 2018, app. C).
+    Log-probabilities are of the squashed action in [-1, 1], so a target entropy of -action_dim
+    means the same for every action range."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: tuple[int, ...], low, high):
+        super().__init__()
+        self.body = plain_mlp([obs_dim, *hidden])
+        self.body.append(nn.ReLU())
+        self.mean = nn.Linear(hidden[-1], action_dim)
+        self.log_std = nn.Linear(hidden[-1], action_dim)
+        low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        self.register_buffer("scale", (high - low) / 2)
+        self.register_buffer("bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action in the env's box, log-prob of the squashed action), reparameterised."""
+        h = self.body(obs)
+        mean = self.mean(h)
+        if deterministic:
+            u = mean
+            logp = torch.zeros(mean.shape[:-1], device=mean.device)
+        else:
+            log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+            eps = torch.randn_like(mean)
+            u = mean + log_std.exp() * eps
+            # log N(u) - sum log(1 - tanh(u)^2), the latter written stably as
+            # 2 * (log 2 - u - softplus(-2u)).
+            log_n = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+            log_det = 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+            logp = (log_n - log_det).sum(-1)
+        return torch.tanh(u) * self.scale + self.bias, logp
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, one fused call over all parameters."""
+    t, s = list(target.parameters()), list(source.parameters())
+    if tau == 1.0:
+        torch._foreach_copy_(t, s)
+    else:
+        torch._foreach_lerp_(t, s, tau)
+
+
+class DQNAgent(nn.Module):
+    def __init__(self, obs_dim: int, num_actions: int, hidden: tuple[int, ...], normalize_obs: bool = False):
+        super().__init__()
+        self.obs_norm = ObsNorm(obs_dim, normalize_obs)
+        self.q = plain_mlp([obs_dim, *hidden, num_actions])
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+
+    def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.q(self.obs_norm(obs)).argmax(-1)
+
+
+class DeterministicAgent(nn.Module):
+    """Actor, critics and their target copies: DDPG (one critic) and TD3 (two)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, actor_hidden: tuple[int, ...], critic_hidden: tuple[int, ...],
+                 n_critics: int, low, high, normalize_obs: bool = False):
+        super().__init__()
+        self.obs_norm = ObsNorm(obs_dim, normalize_obs)
+        self.actor = DeterministicActor(obs_dim, action_dim, actor_hidden, low, high)
+        self.qf = QEnsemble(obs_dim, action_dim, critic_hidden, n_critics)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+
+    def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.actor(self.obs_norm(obs))
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor, noise: float) -> torch.Tensor:
+        """mu(s) plus Gaussian noise of std `noise` times the half-range, kept inside the box."""
+        mu, scale, bias = self.action(obs), self.actor.scale, self.actor.bias
+        return torch.maximum(torch.minimum(mu + noise * scale * torch.randn_like(mu), bias + scale), bias - scale)
+
+
+class SACAgent(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, actor_hidden: tuple[int, ...], critic_hidden: tuple[int, ...],
+                 n_critics: int, low, high, init_alpha: float = 1.0, normalize_obs: bool = False):
+        super().__init__()
+        self.obs_norm = ObsNorm(obs_dim, normalize_obs)
+        self.actor = SquashedGaussianActor(obs_dim, action_dim, actor_hidden, low, high)
+        self.qf = QEnsemble(obs_dim, action_dim, critic_hidden, n_critics)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)))
+
+    def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.actor(self.obs_norm(obs), deterministic)[0]
