@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
         import imageio.v2 as imageio
     except ImportError:
         raise missing_dependency("imageio", "video") from None
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        # No screen: MuJoCo's default (GLFW) cannot open a window; EGL renders offscreen.
+        os.environ["MUJOCO_GL"] = "egl"
     try:
         # A batched env's policy is filmed in its gymnasium twin, whose dynamics it matches.
         env = make_env(cfg.env.removeprefix("batched/"), 1, seed, normalize_obs=getattr(cfg, "normalize_obs", False),
@@ -52,6 +56,11 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
         frames = [env.render()]
     except ImportError as e:  # gymnasium's renderers need pygame (classic control) or mujoco
         raise UserError(f"rendering {cfg.env} needs {e.name or 'a renderer'}; install it with: pip install 'rung[video]'") from None
+    except Exception as e:
+        if "opengl" not in str(e).lower() and "egl" not in str(e).lower():
+            raise
+        raise UserError(f"MuJoCo could not open an OpenGL context ({str(e).splitlines()[0][:80]}); render offscreen with "
+                        "MUJOCO_GL=egl (needs libEGL) or MUJOCO_GL=osmesa (needs the libosmesa6 package)") from None
     while True:
         action = agent.action(obs, deterministic=True)
         step = env.step(action)

@@ -121,3 +121,15 @@ def test_sac_her_on_fetchreach_reports_success_rate(tmp_path):
     assert 0.0 <= summary["eval_success_rate"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/success_rate" in r for r in rows)
+
+
+def test_mujoco_env_trains_and_films_offscreen(tmp_path, monkeypatch):
+    pytest.importorskip("mujoco")
+    pytest.importorskip("imageio")
+    from rung.evaluation import evaluate_run
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    module, cfg = make("sac", dict(env="InvertedPendulum-v5"), tmp_path / "run", total_timesteps=300, eval_every=150)
+    module.train(cfg)
+    result = evaluate_run(tmp_path / "run", episodes=1, video=True)
+    assert (tmp_path / "run" / "eval.mp4").stat().st_size > 1000 and result["episodes"] == 1

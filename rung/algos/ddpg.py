@@ -54,7 +54,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     agent = make_agent(cfg, envs).to(device)
     actor_opt = adam(agent.actor.parameters(), cfg.learning_rate)
     critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)
-    buffer = make_buffer(cfg, envs, device, cfg.seed)
+    buffer = make_buffer(cfg, envs, device, cfg.seed, log=run.logger.info)
     modules = {"agent": agent, "actor_opt": actor_opt, "critic_opt": critic_opt}
     counters = Counters(updates=0)
     modules["counters"] = counters

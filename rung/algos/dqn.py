@@ -88,7 +88,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device)
     agent = make_agent(cfg, envs).to(device)
     opt = torch.optim.Adam(agent.q.parameters(), lr=cfg.learning_rate, fused=True)
-    buffer = make_buffer(cfg, envs, device, cfg.seed)
+    buffer = make_buffer(cfg, envs, device, cfg.seed, log=run.logger.info)
     modules = {"agent": agent, "optimizer": opt}
     if cfg.save_buffer:
         modules["buffer"] = buffer

@@ -73,7 +73,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)
     alpha_opt = adam([agent.log_alpha], cfg.learning_rate)
     target_entropy = -float(envs.action_dim)
-    buffer = make_buffer(cfg, envs, device, cfg.seed)
+    buffer = make_buffer(cfg, envs, device, cfg.seed, log=run.logger.info)
     modules = {"agent": agent, "actor_opt": actor_opt, "critic_opt": critic_opt, "alpha_opt": alpha_opt}
     counters = Counters(updates=0)
     modules["counters"] = counters

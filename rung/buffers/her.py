@@ -54,6 +54,7 @@ class HerReplayBuffer(ReplayBuffer):
         lead = (self.rows, num_envs)
         self.ep_start = torch.zeros(lead, dtype=torch.int64, device=self.device)  # absolute step the slot's episode began
         self.ep_len = torch.zeros(lead, dtype=torch.int64, device=self.device)  # its length; 0 while it runs
+        self.nbytes += self.ep_start.nbytes + self.ep_len.nbytes
         self.steps = 0  # rows written since the start: the absolute step of the next row
         self.cur_start = torch.zeros(num_envs, dtype=torch.int64, device=self.device)  # each env's running episode
         self.last_relabelled: torch.Tensor | None = None  # (B,) bool: which samples of the last batch got a new goal

@@ -174,8 +174,18 @@ class ReplayBuffer:
         self.generator.set_state(state["generator"])
 
 
-def make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int) -> ReplayBuffer:
-    """The replay buffer an off-policy config asks for, shaped for `env`: HER's when cfg.her."""
+def make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int,
+                log: Any = None) -> ReplayBuffer:
+    """The replay buffer an off-policy config asks for, shaped for `env`: HER's when cfg.her.
+    `log` (a callable taking a line) is told what it allocated."""
+    buffer = _make_buffer(cfg, env, device, seed)
+    if log is not None:
+        log(f"replay buffer: {buffer.rows * buffer.num_envs:,} transitions, {buffer.nbytes / 2**20:,.1f} MiB on {buffer.device}"
+            + (f", HER ({cfg.her_strategy}, {cfg.her_n_sampled_goal} goals per real one)" if cfg.her else ""))
+    return buffer
+
+
+def _make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int) -> ReplayBuffer:
     action_shape = () if env.discrete else (env.action_dim,)
     if cfg.her:
         parts = getattr(env, "goal_parts", None)

@@ -1,0 +1,140 @@
+"""rung SAC against Stable-Baselines3 SAC, same hyperparameters, same run.
+
+    python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 55 min on 2 cores
+    python bench/offpolicy.py --seeds 1 --skip-cheetah
+
+(a) Pendulum-v1, RL Zoo's SAC settings (rung's pendulum-sac preset): 20k steps, learning rate
+    1e-3, buffer 1M, batch 256, tau 0.005, gamma 0.99, 100 random steps, one gradient step per env
+    step, automatic entropy tuning, two 256x256 critics and a 256x256 actor. Reported per seed:
+    gradient updates per second and env steps per second over the whole training loop (env
+    stepping, updates and logging, no evaluation), and the final return (10 deterministic
+    episodes). Then medians, the rung/SB3 ratios, and whether rung's final returns lie within
+    the spread of SB3's seeds.
+(b) HalfCheetah-v5, SAC's default settings (learning rate 3e-4, the rest as above), 10k steps with
+    one gradient step per env step after 100 random ones: env steps per second.
+
+Each framework runs in its own child process with one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+
+EVAL_EPISODES = 10
+
+
+def sb3_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
+    import gymnasium as gym
+    import numpy as np
+    import stable_baselines3
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", env_id, learning_rate=lr, learning_starts=100, batch_size=256, buffer_size=1_000_000,
+                tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, seed=seed, verbose=0, device="cpu")
+    t0 = time.perf_counter()
+    model.learn(steps)
+    wall = time.perf_counter() - t0
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(EVAL_EPISODES):
+        obs, _ = env.reset(seed=1_000_000 + 10_007 * seed + ep)
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, r, term, trunc, _ = env.step(action)
+            total += float(r)
+            done = term or trunc
+        returns.append(total)
+    return {"framework": "sb3", "version": stable_baselines3.__version__, "seed": seed, "wall": wall,
+            "updates": int(model._n_updates), "steps": steps, "final_return": float(np.mean(returns))}
+
+
+def rung_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
+    from rung.algos import sac
+    from rung.logging import read_metrics
+
+    cfg = sac.Config(env=env_id, seed=seed, total_timesteps=steps, learning_rate=lr, learning_starts=100, batch_size=256,
+                     buffer_size=1_000_000, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, eval_every=0,
+                     log_every=steps, eval_episodes=EVAL_EPISODES, run_dir=tempfile.mkdtemp(prefix="rung-offpolicy-"))
+    result = sac.train(cfg)
+    # The log line at the last step is written before the final evaluation: its wall-clock and
+    # update count cover the training loop alone.
+    last = [r for r in read_metrics(result.run_dir) if "charts/updates" in r][-1]
+    return {"framework": "rung", "seed": seed, "wall": last["wall"], "updates": int(last["charts/updates"]),
+            "steps": steps, "final_return": result.summary["eval_mean_return"]}
+
+
+def child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--cheetah-steps", type=int, default=10_000)
+    p.add_argument("--skip-cheetah", action="store_true")
+    p.add_argument("--child", choices=["sb3", "rung"], help=argparse.SUPPRESS)
+    p.add_argument("--env", default="Pendulum-v1", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--lr", type=float, default=1e-3, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    if a.child:
+        fn = sb3_sac if a.child == "sb3" else rung_sac
+        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr)), flush=True)
+        return
+    print(f"machine: {platform.processor() or platform.machine()}, 1 torch thread, python {platform.python_version()}, "
+          f"torch {torch.__version__}, date {date.today()}")
+    print(f"(a) SAC on Pendulum-v1, {a.steps:,} steps, seeds {a.seeds}")
+    rows: dict[str, list[dict]] = {"sb3": [], "rung": []}
+    for seed in a.seeds:
+        for fw in rows:
+            r = child(["--child", fw, "--env", "Pendulum-v1", "--seed", str(seed), "--steps", str(a.steps), "--lr", "1e-3"])
+            rows[fw].append(r)
+            print(f"  {fw:>4} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} steps/s  "
+                  f"final return {r['final_return']:8.1f}  ({r['wall']:.0f} s)", flush=True)
+    med = {fw: {"ups": statistics.median(r["updates"] / r["wall"] for r in rs),
+                "sps": statistics.median(r["steps"] / r["wall"] for r in rs),
+                "ret": statistics.median(r["final_return"] for r in rs)} for fw, rs in rows.items()}
+    for fw, m in med.items():
+        print(f"  median {fw:>4}: {m['ups']:.1f} updates/s, {m['sps']:.1f} steps/s, final return {m['ret']:.1f}")
+    lo, hi = min(r["final_return"] for r in rows["sb3"]), max(r["final_return"] for r in rows["sb3"])
+    inside = all(lo <= r["final_return"] <= hi for r in rows["rung"])
+    print(f"  SB3 final returns span [{lo:.1f}, {hi:.1f}]; rung's all inside: {inside}; rung's median "
+          f"{'>=' if med['rung']['ret'] >= med['sb3']['ret'] else '<'} SB3's")
+    print(f"ratio rung/SB3 updates per second: {med['rung']['ups'] / med['sb3']['ups']:.2f}x")
+    print(f"ratio rung/SB3 env steps per second: {med['rung']['sps'] / med['sb3']['sps']:.2f}x")
+    result = {"pendulum": rows}
+    if not a.skip_cheetah:
+        print(f"(b) SAC on HalfCheetah-v5, {a.cheetah_steps:,} steps, one gradient step per env step")
+        cheetah = {}
+        for fw in ("sb3", "rung"):
+            r = child(["--child", fw, "--env", "HalfCheetah-v5", "--seed", "1", "--steps", str(a.cheetah_steps), "--lr", "3e-4"])
+            cheetah[fw] = r
+            print(f"  {fw:>4}: {r['steps'] / r['wall']:.1f} steps/s ({r['wall']:.0f} s, {r['updates']:,} updates)", flush=True)
+        print(f"ratio rung/SB3 HalfCheetah steps per second: "
+              f"{(cheetah['rung']['steps'] / cheetah['rung']['wall']) / (cheetah['sb3']['steps'] / cheetah['sb3']['wall']):.2f}x")
+        result["halfcheetah"] = cheetah
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "offpolicy.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
