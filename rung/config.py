@@ -45,6 +45,9 @@ class RunConfig:
     """Episodes per evaluation."""
     target_return: float | None = None
     """Eval return that counts as solved; default is the env's registered reward threshold."""
+    target_success_rate: float | None = None
+    """Eval success rate that counts as solved, for envs that report success (goal-conditioned
+    envs such as FetchReach-v4); used where no return threshold applies."""
     stop_when_solved: bool = False
     """End the run at the first periodic evaluation at or above the target."""
     checkpoint_every: int = 10
@@ -56,6 +59,8 @@ class RunConfig:
         positive(self, "total_timesteps", "eval_episodes", "checkpoint_every", "log_every")
         non_negative(self, "seed", "torch_threads", "eval_every")
         check_choices(self)
+        if self.target_success_rate is not None:
+            in_range(self, "target_success_rate", 0.0, 1.0)
         if self.randomize:
             from rung.envs.batched import parse_randomize
 

@@ -241,11 +241,20 @@ class Run:
                                     "normalizer": envs.normalizer.state_dict()},
                                    self.run_dir / "checkpoints" / "best.pt")
         solved = ""
-        if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
+        if self._solved(mean, successes) and st["solved_at_step"] is None:
             st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
-            solved = f"  [green]solved[/green] (>= {self.threshold:g})"
+            solved = f"  [green]solved[/green] (>= {self._target_text()})"
         rate = f"  success {metrics['eval/success_rate']:.2f}" if successes else ""
         self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}{rate}  ({self.wall:6.1f} s){solved}")
+
+    def _solved(self, mean_return: float, successes: list[float]) -> bool:
+        if self.threshold is not None:
+            return mean_return >= self.threshold
+        target = self.cfg.target_success_rate
+        return target is not None and bool(successes) and float(np.mean(successes)) >= target
+
+    def _target_text(self) -> str:
+        return f"{self.threshold:g}" if self.threshold is not None else f"success rate {self.cfg.target_success_rate:g}"
 
     @property
     def should_stop(self) -> bool:
@@ -265,12 +274,13 @@ class Run:
             returns = self._evaluate(agent, envs, 10**6, successes)  # a round number no periodic eval uses
             st = self.eval_state
             mean = float(np.mean(returns))
-            if self.threshold is not None and mean >= self.threshold and st["solved_at_step"] is None:
+            if self._solved(mean, successes) and st["solved_at_step"] is None:
                 st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
             summary = {
                 "algo": self.algo, "env": self.cfg.env, "seed": self.cfg.seed, "total_timesteps": step,
                 "wall_seconds": round(self.wall, 2), "eval_mean_return": mean, "eval_std_return": float(np.std(returns)),
-                "eval_episodes": len(returns), "solved_threshold": self.threshold,
+                "eval_episodes": len(returns), "solved_threshold": self.threshold if self.threshold is not None
+                else self.cfg.target_success_rate,
                 "solved_at_step": st["solved_at_step"], "solved_at_seconds": st["solved_at_seconds"],
                 "best_eval_return": st["best"] if st["best"] > -math.inf else None,
                 "num_processes": self.dist.world_size, "rung_version": rung.__version__,

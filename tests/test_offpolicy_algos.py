@@ -116,9 +116,11 @@ def test_her_on_an_env_without_goals_is_refused(tmp_path):
 def test_sac_her_on_fetchreach_reports_success_rate(tmp_path):
     pytest.importorskip("gymnasium_robotics")
     module, cfg = make("sac", dict(env="FetchReach-v4", her=True, normalize_obs=True, n_critics=1), tmp_path / "run",
-                       total_timesteps=300, learning_starts=100, eval_every=150)
+                       total_timesteps=300, learning_starts=100, eval_every=150, target_success_rate=0.0)
     summary = module.train(cfg).summary
     assert 0.0 <= summary["eval_success_rate"] <= 1.0
+    # No return threshold for Fetch: the success-rate target decides "solved" (0.0 is met at once).
+    assert summary["solved_at_step"] == 150 and summary["solved_threshold"] == 0.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/success_rate" in r for r in rows)
 
