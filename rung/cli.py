@@ -1,4 +1,4 @@
-"""The `rung` command: train, eval, plot, list.
+"""The `rung` command: train, eval, collect, plot, list.
 
 Config flags are generated from the algorithm's Config dataclass (field docstrings become the
 help). Bad input of any kind ends in one line on stderr and exit code 2, never a traceback."""
@@ -22,6 +22,8 @@ commands:
   train [ALGO] [--preset NAME] [flags]   train (default: PPO on CartPole-v1); 'rung train ALGO --help' lists flags
   train --resume DIR [flags]             continue a run from its latest checkpoint
   eval DIR [--episodes N] [--video]      evaluate a run's policy, write DIR/eval.json
+  collect --env ENV --policy expert|DIR --episodes N -o FILE
+                                         record whole episodes to a .npz (rung) or .hdf5 (D4RL) file
   plot DIR... -o FILE.png                overlay learning curves (mean and band across seeds)
   list                                   algorithms and presets with their targets
 """
@@ -214,6 +216,44 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def cmd_collect(argv: list[str]) -> int:
+    from rung.buffers import demos
+
+    p = Parser(prog="rung collect", description="Record whole episodes of a scripted expert or a trained run's policy.")
+    p.add_argument("--env", help="gymnasium id; with a run folder as --policy, defaults to the run's env")
+    p.add_argument("--policy", default="expert", help="'expert' for the scripted expert of --env (rung/envs/experts.py), "
+                   "or a run folder written by 'rung train' (default expert)")
+    p.add_argument("--episodes", type=int, default=10, help="whole episodes to record (default 10)")
+    p.add_argument("-o", "--output", required=True, help="file to write: .npz (rung's format) or .hdf5 (D4RL layout, needs rung[offline])")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
+    p.add_argument("--num-envs", type=int, default=1, help="env copies stepped together (default 1)")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="a run's checkpoint to use (default best)")
+    a = p.parse_args(argv)
+    if a.episodes <= 0:
+        raise UserError(f"--episodes must be > 0, got {a.episodes}")
+    if a.num_envs <= 0:
+        raise UserError(f"--num-envs must be > 0, got {a.num_envs}")
+    if demos.file_kind(a.output) == "d4rl":
+        demos._h5py()  # fail before recording, not after
+    if a.policy == "expert":
+        from rung.envs.experts import get_expert
+
+        if not a.env:
+            raise UserError("--policy expert needs --env; for example: rung collect --env CartPole-v1 --policy expert -o demos.npz")
+        env_id, policy = a.env, get_expert(a.env)
+    else:
+        env_id, policy = demos.policy_from_run(Path(a.policy), a.checkpoint)
+        if a.env and a.env.removeprefix("batched/") != env_id.removeprefix("batched/"):
+            raise UserError(f"{a.policy} was trained on {env_id}, not {a.env}; drop --env or pass another run")
+    traj = demos.collect(env_id, policy, a.episodes, a.seed, a.num_envs, source=a.policy)
+    out = demos.save(traj, a.output)
+    returns = traj.returns()
+    success = "" if traj.success_rate is None else f", success rate {traj.success_rate:.2f}"
+    print(f"{traj.env_id}  {a.policy}: return {returns.mean():.2f} ± {returns.std():.2f} over {traj.num_episodes} episodes "
+          f"({len(traj):,} steps){success}; wrote {out}")
+    return 0
+
+
 def cmd_plot(argv: list[str]) -> int:
     from rung.logging.plots import plot_runs
 
@@ -243,7 +283,7 @@ def cmd_list(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "plot": cmd_plot, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,17 @@ import numpy as np
 import torch
 
 from rung import algos, checkpoint
-from rung.config import from_dict
+from rung.config import OffPolicyConfig, from_dict
 from rung.envs.make import make_env
 from rung.errors import UserError, missing_dependency
 from rung.rollout.evaluate import evaluate
 from rung.run import write_json_atomic
+
+
+def env_normalizes_obs(cfg: Any) -> bool:
+    """Whether the run normalised observations in the env (PPO, REINFORCE). Off-policy agents
+    normalise at their own input (ObsNorm) and must be fed raw observations."""
+    return bool(getattr(cfg, "normalize_obs", False)) and not isinstance(cfg, OffPolicyConfig)
 
 
 def load_policy(run_dir: Path, which: str = "best") -> tuple[Any, torch.nn.Module, dict, dict]:
@@ -29,7 +35,7 @@ def load_policy(run_dir: Path, which: str = "best") -> tuple[Any, torch.nn.Modul
     module = algos.get(ck["algo"])
     cfg = from_dict(module.Config, ck["config"])
     normalizer = ck["normalizer"] if "normalizer" in ck else ck["ranks"][0]["env"]["normalizer"]
-    env = make_env(cfg.env, 1, 0, normalize_obs=getattr(cfg, "normalize_obs", False))
+    env = make_env(cfg.env, 1, 0, normalize_obs=env_normalizes_obs(cfg))
     agent = module.make_agent(cfg, env)
     env.close()
     agent.load_state_dict(ck["agent"])
@@ -48,7 +54,7 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
         os.environ["MUJOCO_GL"] = "egl"
     try:
         # A batched env's policy is filmed in its gymnasium twin, whose dynamics it matches.
-        env = make_env(cfg.env.removeprefix("batched/"), 1, seed, normalize_obs=getattr(cfg, "normalize_obs", False),
+        env = make_env(cfg.env.removeprefix("batched/"), 1, seed, normalize_obs=env_normalizes_obs(cfg),
                        render_mode="rgb_array")
         env.normalizer.load_state_dict(normalizer)
         env.normalizer.frozen = True
@@ -79,7 +85,7 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
 
 def evaluate_run(run_dir: Path, episodes: int, which: str = "best", seed: int = 12345, video: bool = False) -> dict[str, Any]:
     cfg, agent, normalizer, info = load_policy(run_dir, which)
-    env = make_env(cfg.env, episodes, 0, normalize_obs=getattr(cfg, "normalize_obs", False))
+    env = make_env(cfg.env, episodes, 0, normalize_obs=env_normalizes_obs(cfg))
     successes: list[float] = []
     returns = evaluate(agent, env, seed, normalizer, successes=successes)
     env.close()

@@ -42,3 +42,19 @@ def test_ppo_solves_batched_cartpole(tmp_path):
     # Calibrated (bench/presets.py --preset batched-cartpole-ppo): see BENCHMARKS.md.
     s = solve("batched-cartpole-ppo", 400_000, tmp_path)
     assert s["solved_at_step"] is not None
+
+
+def test_sac_solves_pendulum_with_small_networks(tmp_path):
+    # CI-sized pendulum-sac: 64x64 networks instead of 256x256, a quarter of the compute.
+    # Calibrated (bench/presets.py --preset pendulum-sac --set hidden_sizes=64,64 total_timesteps=8000
+    # eval_every=1000): solved at 4,000 / 5,000 / 4,000 steps for seeds 1, 2, 3.
+    s = solve("pendulum-sac", 8_000, tmp_path, hidden_sizes=(64, 64), eval_every=1_000)
+    assert s["solved_at_step"] is not None
+
+
+def test_sac_her_reaches_fetchreach_goals(tmp_path):
+    pytest.importorskip("gymnasium_robotics")
+    # Calibrated (bench/presets.py --preset fetchreach-her, eval every 2k): success rate 0.0 at
+    # 2,000 steps and 1.0 from 4,000 to 20,000 for seeds 1, 2, 3.
+    s = solve("fetchreach-her", 8_000, tmp_path)
+    assert s["solved_at_step"] is not None and s["eval_success_rate"] >= 0.95

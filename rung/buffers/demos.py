@@ -82,7 +82,7 @@ class Trajectories:
     """For a goal env, where observation / achieved_goal / desired_goal lie in a flat observation."""
 
     def __len__(self) -> int:
-        return int(self.rewards.shape[0])
+        return int(self.observations.shape[0])
 
     @property
     def num_episodes(self) -> int:
@@ -176,18 +176,18 @@ def _first_bad(mask: np.ndarray) -> int:
 def check(traj: Trajectories, name: str = "trajectories", env: Env | None = None) -> Trajectories:
     """Raise a one-line UserError naming `name` (the file) and the problem where the data is
     malformed, holds NaN or inf, or (given `env`) does not fit the env's spaces. Returns `traj`."""
-    t = len(traj)
     obs, nxt, act = traj.observations, traj.next_observations, traj.actions
-    if t == 0:
-        raise UserError(f"{name}: holds no steps; record at least one episode")
     if obs.ndim != 2:
         raise UserError(f"{name}: observations have shape {obs.shape}, expected (steps, obs_dim); rung reads flat vector observations")
+    t = len(traj)
+    if t == 0:
+        raise UserError(f"{name}: holds no steps; record at least one episode")
     if nxt.shape != obs.shape:
         raise UserError(f"{name}: next_observations have shape {nxt.shape} but observations {obs.shape}; they must match")
     for key in ("rewards", "terminated", "truncated") + (("success",) if traj.success is not None else ()):
         shape = getattr(traj, key).shape
         if shape != (t,):
-            raise UserError(f"{name}: {key} have shape {shape}, expected ({t},) like rewards; the arrays must have one row per step")
+            raise UserError(f"{name}: {key} have shape {shape}, expected ({t},) like observations; the arrays must have one row per step")
     if act.shape[0] != t or act.ndim not in (1, 2):
         raise UserError(f"{name}: actions have shape {act.shape}, expected ({t},) integers or ({t}, act_dim) floats")
     if act.ndim == 1 and not np.issubdtype(act.dtype, np.integer):
@@ -695,11 +695,11 @@ def policy_from_run(run_dir: str | Path, which: str = "best") -> tuple[str, Poli
     algorithms), its frozen statistics are applied first; off-policy agents normalise inside
     themselves (their `obs_norm`), so they get the raw observations."""
     from rung.envs.wrappers import Normalizer
-    from rung.evaluation import load_policy
+    from rung.evaluation import env_normalizes_obs, load_policy
 
     cfg, agent, normalizer_state, _ = load_policy(Path(run_dir), which)
     normalizer = None
-    if getattr(cfg, "normalize_obs", False) and not hasattr(agent, "obs_norm"):
+    if env_normalizes_obs(cfg):
         shape = tuple(normalizer_state["obs_rms"]["mean"].shape)
         normalizer = Normalizer(shape, 1, obs=True, reward=False, gamma=1.0)
         normalizer.load_state_dict(normalizer_state)
