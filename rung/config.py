@@ -195,3 +195,5 @@ class OffPolicyConfig(RunConfig):
         in_range(self, "tau", 0.0, 1.0)
         if self.tau == 0:
             raise UserError("--tau 0 would freeze the target networks; use a value in (0, 1]")
+        if self.compile:
+            raise UserError("--compile is not supported by the off-policy algorithms; leave it off")

@@ -17,6 +17,7 @@ CASES = [
     ("sac", dict(env="Pendulum-v1", normalize_obs=True)),
     ("td3", dict(env="Pendulum-v1")),
     ("ddpg", dict(env="Pendulum-v1", num_envs=2)),
+    ("sac", dict(env="batched/Pendulum-v1", num_envs=4, randomize="gravity=9:11,max_torque=1.5:2.5")),
 ]
 
 
@@ -31,7 +32,7 @@ def trained_params(agent):
     return {k: v.detach().clone() for k, v in agent.named_parameters()}
 
 
-@pytest.mark.parametrize("algo, overrides", CASES, ids=[a for a, _ in CASES])
+@pytest.mark.parametrize("algo, overrides", CASES, ids=[f"{a}-{o['env']}" for a, o in CASES])
 def test_smoke_run_folder_and_parameters_change(tmp_path, algo, overrides):
     from rung.envs import make_env
 

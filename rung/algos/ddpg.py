@@ -17,6 +17,7 @@ from rung.algos import td3
 from rung.algos.sac import adam
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, non_negative, widths
+from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss
@@ -50,7 +51,7 @@ def make_agent(cfg: Config, env) -> DeterministicAgent:
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("ddpg", cfg, resume=resume, force=force)
     device = run.device
-    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device)
+    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize))
     agent = make_agent(cfg, envs).to(device)
     actor_opt = adam(agent.actor.parameters(), cfg.learning_rate)
     critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)

@@ -16,6 +16,7 @@ import torch
 
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, in_range, positive, widths
+from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DQNAgent, polyak_update
@@ -85,7 +86,7 @@ def epsilon(cfg: Config, step: int) -> float:
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("dqn", cfg, resume=resume, force=force)
     device = run.device
-    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device)
+    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize))
     agent = make_agent(cfg, envs).to(device)
     opt = torch.optim.Adam(agent.q.parameters(), lr=cfg.learning_rate, fused=True)
     buffer = make_buffer(cfg, envs, device, cfg.seed, log=run.logger.info)

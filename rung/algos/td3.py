@@ -16,6 +16,7 @@ import torch
 from rung.algos.sac import adam
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, non_negative, positive, widths
+from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
@@ -62,7 +63,7 @@ def make_agent(cfg: Config, env, n_critics: int = 2) -> DeterministicAgent:
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("td3", cfg, resume=resume, force=force)
     device = run.device
-    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device)
+    envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize))
     agent = make_agent(cfg, envs).to(device)
     actor_opt = adam(agent.actor.parameters(), cfg.learning_rate)
     critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)
