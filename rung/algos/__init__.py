@@ -15,6 +15,8 @@ ALGOS: dict[str, str] = {
     "ddpg": "DDPG, deterministic actor-critic (continuous actions)",
     "td3": "TD3, twin critics, delayed actor, target smoothing (continuous actions)",
     "sac": "Soft Actor-Critic with automatic entropy tuning (continuous actions; --her for goal envs)",
+    "bc": "Behaviour cloning from a dataset into PPO's policy network (discrete and continuous actions)",
+    "td3_bc": "TD3+BC, offline RL from a dataset: TD3 with a behaviour-cloning term (continuous actions)",
 }
 
 
