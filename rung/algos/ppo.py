@@ -6,12 +6,21 @@ orthogonal init, advantages normalised per minibatch, global gradient clipping, 
 (and optionally the clip range) annealed linearly to zero. Truncated steps bootstrap from
 V(final observation) instead of being treated as terminal.
 
+Fine-tuning (--init-from RUN_DIR): the policy starts from a bc run's clone (its critic stays
+fresh: bc never trains one) or from a ppo run (actor and critic), with the source's observation
+statistics, which then stay frozen. --init-reg-coef adds KL(pi_init || pi) on each minibatch,
+exact for categorical and closed form for Gaussian policies, so that the first updates, driven
+by a critic that knows nothing yet, do not undo the clone; the weight decays to 0 over
+--init-reg-decay-steps env steps.
+
 Run:  rung train ppo --env CartPole-v1
       torchrun --nproc_per_node=2 --no-python rung train ppo --env CartPole-v1   (DDP)
+      rung train ppo --env CartPole-v1 --init-from runs/bc --normalize-obs --init-reg-coef 0.1 --init-reg-decay-steps 2e4
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -24,8 +33,20 @@ from rung.distributed import ddp
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
+from rung.evaluation import env_normalizes_obs
+from rung.init_from import freeze_obs_statistics, load_source, require_same, validate_init_flags
+from rung.nn import ActorCritic
 from rung.nn import make_actor_critic as make_agent
-from rung.objectives import entropy_loss, gae, normalize, ppo_clip_loss, value_loss
+from rung.objectives import (
+    decayed_coef,
+    entropy_loss,
+    gae,
+    kl_categorical,
+    kl_diag_gaussian,
+    normalize,
+    ppo_clip_loss,
+    value_loss,
+)
 from rung.rollout import RolloutStorage, collect_rollout
 from rung.run import Run, TrainResult
 
@@ -75,6 +96,18 @@ class Config(RunConfig):
     """Hidden activation."""
     log_std_init: float = 0.0
     """Initial log std of the Gaussian policy (continuous actions)."""
+    init_from: str | None = None
+    """Run folder to start the policy from: a bc run (its actor; the critic starts fresh) or a ppo
+    run (actor and critic). Its observation statistics come along and stay frozen."""
+    init_from_checkpoint: Literal["best", "latest"] = "best"
+    """Which checkpoint of --init-from: best (the best evaluation; latest where none ran) or latest."""
+    init_reg_coef: float = 0.0
+    """Weight of KL(pi_init || pi) on each minibatch, holding the policy near the one --init-from
+    gave it (0 disables)."""
+    init_reg_decay_steps: int = 0
+    """Env steps over which --init-reg-coef falls to 0 (0 keeps it constant)."""
+    init_reg_schedule: Literal["linear", "exponential"] = "linear"
+    """How it falls: linearly, or exponentially (100-fold, shifted to reach 0 at the end)."""
 
     @property
     def batch_size(self) -> int:
@@ -95,12 +128,37 @@ class Config(RunConfig):
             raise UserError(f"--num-minibatches {self.num_minibatches} does not divide the rollout of {self.batch_size} samples "
                             f"(num_envs * num_steps); pick a divisor of {self.batch_size}")
         widths(self, "hidden_sizes")
+        validate_init_flags(self)
 
 
-def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PPO objective on one minibatch. `agent` may be DDP-wrapped (its forward is evaluate).
-    Advantages are standardised with the global minibatch's statistics, so that N ranks on
-    shards produce the gradient of one process on the concatenated minibatch."""
+def start_from(cfg: Config, agent: ActorCritic, envs) -> str:
+    """Load --init-from's policy into `agent` and its observation statistics into `envs`
+    (whose statistics must already be frozen); returns a line for the log."""
+    src = load_source(cfg, envs, "ppo", ("bc", "ppo"))
+    require_same(src, "hidden_sizes", tuple(src.cfg.hidden_sizes), tuple(cfg.hidden_sizes))
+    require_same(src, "activation", src.cfg.activation, cfg.activation)
+    # The flag rather than silently following the source: config.yaml must say how this run's
+    # policy sees observations, or `rung eval` would feed it raw ones.
+    require_same(src, "normalize_obs", env_normalizes_obs(src.cfg), cfg.normalize_obs)
+    # bc leaves its critic at initialisation; only a ppo run has one worth keeping.
+    parts = ("actor_body", "head", "critic") if src.algo == "ppo" else ("actor_body", "head")
+    for name in parts:
+        getattr(agent, name).load_state_dict(getattr(src.agent, name).state_dict())
+    if cfg.normalize_obs:
+        envs.normalizer.obs_rms.load_state_dict(src.normalizer["obs_rms"])
+    if cfg.normalize_reward and src.algo == "ppo" and src.cfg.normalize_reward:
+        # The critic kept from the source predicts returns on the source's reward scale.
+        envs.normalizer.ret_rms.load_state_dict(src.normalizer["ret_rms"])
+    return (f"started from the {src.algo} run {src.run_dir} ({src.checkpoint}.pt, step {src.step:,}): "
+            f"{', '.join(parts)}{' and observation statistics' if cfg.normalize_obs else ''}")
+
+
+def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float, init_policy: ActorCritic | None = None,
+             reg_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on one minibatch, plus reg_coef * KL(pi_init || pi) when reg_coef > 0.
+    `agent` may be DDP-wrapped (its forward is evaluate). Advantages are standardised with the
+    global minibatch's statistics, so that N ranks on shards produce the gradient of one process
+    on the concatenated minibatch."""
     logprobs, entropy, values = agent(mb.obs, mb.actions)
     adv = mb.advantages
     if cfg.norm_adv:
@@ -110,6 +168,17 @@ def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float) -
     ent, ent_stats = entropy_loss(entropy)
     loss = pg.mean() + cfg.vf_coef * vl.mean() + cfg.ent_coef * ent.mean()
     stats = {"policy": pg.mean().detach(), "value": vl.mean().detach(), **ent_stats, **stats}
+    if reg_coef > 0:
+        # A second pass of the actor: evaluate returns log-probs of the taken actions only, and
+        # the exact KL needs the whole distribution. Outside DDP's forward is fine: autograd sums
+        # both paths into one gradient per parameter before DDP's accumulation hooks fire.
+        net = getattr(agent, "module", agent)
+        with torch.no_grad():
+            ref = init_policy.dist_params(mb.obs)
+        params = net.dist_params(mb.obs)
+        kl, _ = kl_categorical(ref, params) if net.discrete else kl_diag_gaussian(*ref, *params)
+        loss = loss + reg_coef * kl.mean()
+        stats["init_reg"] = kl.mean().detach()
     return loss, {f"losses/{k}": v for k, v in stats.items()}
 
 
@@ -120,6 +189,16 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma,
                     compile=cfg.compile)
     agent = make_agent(cfg, envs).to(device)
+    if cfg.init_from:
+        if cfg.normalize_obs:
+            # Frozen, because the clone's weights are a function of these statistics: moving them
+            # changes what the loaded policy does, and what pi_init means to the regulariser
+            # (it sees the same normalised inputs). Reward scaling, if on, keeps adapting.
+            freeze_obs_statistics(envs)
+        if run.ckpt is None:  # a resumed run finds weights, statistics and pi_init in its checkpoint
+            run.logger.info(start_from(cfg, agent, envs))
+    # pi_init is taken after loading and never trained; in the checkpoint, so a resume needs no source.
+    init_policy = copy.deepcopy(agent).requires_grad_(False) if cfg.init_reg_coef > 0 else None
     if cfg.compile:
         agent.compile_networks()
     model = ddp.wrap(agent, run.dist)
@@ -127,6 +206,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, foreach=True)
     storage = RolloutStorage(cfg.num_steps, cfg.num_envs, envs.obs_shape, envs.discrete, envs.action_dim, device)
     modules = {"agent": agent, "optimizer": opt}
+    if init_policy is not None:
+        modules["init_policy"] = init_policy
     steps_per_iter = cfg.batch_size * world
     num_iterations = cfg.total_timesteps // steps_per_iter
     if num_iterations == 0:
@@ -152,11 +233,14 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                       storage.truncated, cfg.gamma, cfg.gae_lambda)
         batch = storage.flatten(advantages, returns)
         t1 = time.perf_counter()
+        # At the env steps collected so far, the step this iteration logs at.
+        reg_coef = decayed_coef(cfg.init_reg_coef, step + steps_per_iter, cfg.init_reg_decay_steps,
+                                cfg.init_reg_schedule)
 
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(cfg.batch_size, device=device)
             for mb_idx in perm.split(cfg.minibatch_size):
-                loss, stats = ppo_loss(model, batch.index(mb_idx), cfg, clip)
+                loss, stats = ppo_loss(model, batch.index(mb_idx), cfg, clip, init_policy, reg_coef)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
@@ -170,6 +254,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         with torch.no_grad():
             var_y = returns.var()
             stats["losses/explained_variance"] = 1 - (returns - batch.values.view_as(returns)).var() / var_y if var_y > 0 else torch.nan
+        if init_policy is not None:
+            stats["charts/init_reg_coef"] = reg_coef
         run.log(iteration + 1, step, {**stats, "charts/learning_rate": lr, "time/rollout": t1 - t0, "time/update": t2 - t1},
                 ep_returns, ep_lengths, sps=steps_per_iter / (t2 - t0))
         run.maybe_evaluate(agent, envs, step_before, step)

@@ -4,23 +4,36 @@ As in the authors' second paper and Stable-Baselines3: two critics with Polyak-a
 no separate value network, a tanh-squashed Gaussian actor, and the temperature alpha learned to
 hold the policy's entropy near -action_dim. Goal-conditioned envs (Fetch*) add --her.
 
+Fine-tuning (--init-from RUN_DIR) starts from a sac run: actor, critics, their targets, the
+observation statistics and (with --autotune) the temperature. A bc run is refused: its Gaussian
+is unsquashed, on a tanh-activated body with a state-independent std, and no copy of weights
+turns it into this tanh-squashed actor (experts' actions sit at the bounds, where atanh is
+infinite). --init-reg-coef adds a behaviour-cloning term to the actor loss: the squared distance
+between the current and the initial policy's deterministic actions, both in the squashed [-1, 1]
+space so that the weight means the same for every action range.
+
 Run:  rung train sac --env Pendulum-v1
       rung train sac --env FetchReach-v4 --her
+      rung train sac --env Pendulum-v1 --init-from runs/sac-run --init-reg-coef 1 --init-reg-decay-steps 10000
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from torch import nn
 
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import SACAgent, polyak_update
-from rung.objectives import sac_policy_loss, soft_q_target, temperature_loss
+from rung.init_from import load_source, require_same, validate_init_flags
+from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, polyak_update
+from rung.objectives import bc_mse_loss, decayed_coef, sac_policy_loss, soft_q_target, temperature_loss
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
 
@@ -43,11 +56,24 @@ class Config(OffPolicyConfig):
     """Learn alpha toward the target entropy -action_dim; otherwise keep init_alpha."""
     target_update_interval: int = 1
     """Gradient steps between target-network updates."""
+    init_from: str | None = None
+    """A sac run folder to start from: actor, critics, observation statistics and, with autotune,
+    the temperature (without it, init_alpha holds)."""
+    init_from_checkpoint: Literal["best", "latest"] = "best"
+    """Which checkpoint of --init-from: best (the best evaluation; latest where none ran) or latest."""
+    init_reg_coef: float = 0.0
+    """Weight of the squared distance between the policy's and the initial policy's deterministic
+    actions (in [-1, 1]) in the actor loss, holding it near where --init-from started it (0 disables)."""
+    init_reg_decay_steps: int = 0
+    """Env steps over which --init-reg-coef falls to 0 (0 keeps it constant)."""
+    init_reg_schedule: Literal["linear", "exponential"] = "linear"
+    """How it falls: linearly, or exponentially (100-fold, shifted to reach 0 at the end)."""
 
     def validate(self) -> None:
         super().validate()
         positive(self, "n_critics", "init_alpha", "target_update_interval")
         widths(self, "hidden_sizes")
+        validate_init_flags(self)
 
 
 def make_agent(cfg: Config, env) -> SACAgent:
@@ -57,6 +83,28 @@ def make_agent(cfg: Config, env) -> SACAgent:
     high = torch.as_tensor(env.action_high, dtype=torch.float32).expand(env.action_dim)
     return SACAgent(env.obs_shape[0], env.action_dim, cfg.hidden_sizes, cfg.hidden_sizes, cfg.n_critics, low, high,
                     cfg.init_alpha, cfg.normalize_obs)
+
+
+def start_from(cfg: Config, agent: SACAgent, envs) -> str:
+    """Load --init-from's agent into `agent`; returns a line for the log."""
+    src = load_source(cfg, envs, "sac", ("sac",), " (a bc run's unsquashed Gaussian does not map onto sac's "
+                      "tanh-squashed actor; fine-tune a bc run with ppo)")
+    require_same(src, "hidden_sizes", tuple(src.cfg.hidden_sizes), tuple(cfg.hidden_sizes))
+    require_same(src, "n_critics", src.cfg.n_critics, cfg.n_critics)
+    require_same(src, "normalize_obs", src.cfg.normalize_obs, cfg.normalize_obs)
+    state = src.agent.state_dict()
+    if not cfg.autotune:
+        # A fixed temperature is the user's choice; a tuned one starts where the source left it,
+        # since init_alpha (1.0 by default) would swamp a trained policy's Q in entropy bonus.
+        state["log_alpha"] = agent.log_alpha.detach().clone()
+    agent.load_state_dict(state)
+    return (f"started from the sac run {src.run_dir} ({src.checkpoint}.pt, step {src.step:,}): actor, critics"
+            f"{', observation statistics' if cfg.normalize_obs else ''}{' and temperature' if cfg.autotune else ''}")
+
+
+def unit_action(actor: SquashedGaussianActor, obs: torch.Tensor) -> torch.Tensor:
+    """The deterministic action tanh(mean(s)) in [-1, 1], before scaling to the env's box."""
+    return (actor(obs, deterministic=True)[0] - actor.bias) / actor.scale
 
 
 def adam(params, lr: float) -> torch.optim.Adam:
@@ -70,6 +118,13 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     device = run.device
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize))
     agent = make_agent(cfg, envs).to(device)
+    if cfg.init_from and run.ckpt is None:  # a resumed run finds both agents in its checkpoint
+        run.logger.info(start_from(cfg, agent, envs))
+    # The initial policy with its own copy of the observation statistics: the agent's keep
+    # updating (the replay buffer holds raw observations), while this one is a fixed function of
+    # the raw observation, as the policy was when loaded.
+    init_policy = (nn.ModuleDict({"obs_norm": copy.deepcopy(agent.obs_norm), "actor": copy.deepcopy(agent.actor)})
+                   .requires_grad_(False) if cfg.init_reg_coef > 0 else None)
     actor_opt = adam(agent.actor.parameters(), cfg.learning_rate)
     critic_opt = adam(agent.qf.parameters(), cfg.learning_rate)
     alpha_opt = adam([agent.log_alpha], cfg.learning_rate)
@@ -78,6 +133,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     modules = {"agent": agent, "actor_opt": actor_opt, "critic_opt": critic_opt, "alpha_opt": alpha_opt}
     counters = Counters(updates=0)
     modules["counters"] = counters
+    if init_policy is not None:
+        modules["init_policy"] = init_policy
     if cfg.save_buffer:
         modules["buffer"] = buffer
     num_iterations = cfg.total_timesteps // cfg.num_envs
@@ -100,6 +157,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         step_before, step = step, step + cfg.num_envs
 
         if step >= cfg.learning_starts and iteration % cfg.train_freq == 0 and len(buffer) >= cfg.batch_size:
+            reg_coef = decayed_coef(cfg.init_reg_coef, step, cfg.init_reg_decay_steps, cfg.init_reg_schedule)
             for _ in range(cfg.gradient_steps):
                 b = buffer.sample(cfg.batch_size)
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
@@ -127,8 +185,15 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
 
                 min_q = agent.qf(o, pi_actions, detach_params=True).min(0).values
                 pi_loss, pi_stats = sac_policy_loss(min_q, logp, alpha)
+                actor_loss = pi_loss.mean()
+                if reg_coef > 0:
+                    with torch.no_grad():
+                        ref_action = unit_action(init_policy.actor, init_policy.obs_norm(b.obs))
+                    reg, _ = bc_mse_loss(unit_action(agent.actor, o), ref_action)
+                    actor_loss = actor_loss + reg_coef * reg.mean()
+                    pi_stats["init_reg"] = reg.detach().mean()
                 actor_opt.zero_grad(set_to_none=True)
-                pi_loss.mean().backward()
+                actor_loss.backward()
                 actor_opt.step()
 
                 counters["updates"] += 1
@@ -136,6 +201,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     polyak_update(agent.qf_target, agent.qf, cfg.tau)
             stats = {"losses/critic": critic_loss.detach(), "losses/actor": pi_loss.detach().mean(),
                      "losses/q": q.detach().mean(), "losses/alpha": alpha, **{f"losses/{k}": v for k, v in pi_stats.items()}}
+            if init_policy is not None:
+                stats["charts/init_reg_coef"] = torch.tensor(reg_coef)
 
         if (iteration + 1) % cfg.log_every == 0:
             tally.flush(run, iteration + 1, step, {**{k: float(v) for k, v in stats.items()}, "charts/updates": counters["updates"]},
