@@ -3,9 +3,12 @@ observation/reward normalisation, and a state that checkpoints can save and rest
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import functools
 import pickle
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -43,7 +46,11 @@ def env_threshold(env_id: str) -> float | None:
 
 def _register_robotics(env_id: str) -> None:
     try:
-        import gymnasium_robotics
+        # Its import prints a notice about Adroit envs' reward versions to the console, which
+        # would break rung's one-line errors and clutter every Fetch run.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
     except ImportError:
         if env_id.startswith(ROBOTICS_PREFIXES):
             raise UserError(f"{env_id} needs gymnasium-robotics; install it with: pip install 'rung[robotics]'") from None
