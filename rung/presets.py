@@ -72,13 +72,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "target_success_rate": 0.9},
            metric="success_rate"),
     Preset("halfcheetah-sac", "sac", 9500, "published SAC HalfCheetah 1M-step return (Haarnoja et al. 2018; SB3 RL Zoo)",
-           {"env": "HalfCheetah-v5", "total_timesteps": 1_000_000, "learning_starts": 10_000, "learning_rate": 3e-4,
+           {"env": "HalfCheetah-v5", "total_timesteps": 1_000_000, "target_return": 9500, "learning_starts": 10_000, "learning_rate": 3e-4,
             "eval_every": 20_000}),
     Preset("ant-td3", "td3", 5800, "published TD3 Ant 1M-step return (SB3 RL Zoo)",
-           {"env": "Ant-v5", "total_timesteps": 1_000_000, "learning_starts": 10_000, "learning_rate": 1e-3,
+           {"env": "Ant-v5", "total_timesteps": 1_000_000, "target_return": 5800, "learning_starts": 10_000, "learning_rate": 1e-3,
             "exploration_noise": 0.1, "hidden_sizes": (400, 300), "eval_every": 20_000}),
     Preset("humanoid-sac", "sac", 5000, "published SAC Humanoid 1M-step return, 5000-6200 (Haarnoja et al. 2018; SB3 RL Zoo)",
-           {"env": "Humanoid-v5", "total_timesteps": 1_000_000, "learning_starts": 10_000, "learning_rate": 3e-4,
+           {"env": "Humanoid-v5", "total_timesteps": 1_000_000, "target_return": 5000, "learning_starts": 10_000, "learning_rate": 3e-4,
             "eval_every": 20_000}),
 ]}
 
