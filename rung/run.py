@@ -102,7 +102,10 @@ class EpisodeTally:
         self.t = time.perf_counter()
 
     def flush(self, run: "Run", iteration: int, step: int, metrics: dict[str, Any], steps: int) -> None:
+        """Log `metrics` (tensors read to floats here, the one host read per log line) with the
+        episodes since the last call; `steps` env steps were taken since then."""
         now = time.perf_counter()
+        metrics = {k: float(v) for k, v in metrics.items()}
         if self.successes:
             metrics["charts/success_rate"] = sum(self.successes) / len(self.successes)
         run.log(iteration, step, metrics, [r for r, _ in self.episodes], [n for _, n in self.episodes],

@@ -132,8 +132,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             polyak_update(agent.q_target, agent.q, cfg.tau)
 
         if (iteration + 1) % cfg.log_every == 0:
-            tally.flush(run, iteration + 1, step, {**{k: float(v) for k, v in stats.items()}, "charts/epsilon": eps},
-                        cfg.log_every * cfg.num_envs)
+            tally.flush(run, iteration + 1, step, {**stats, "charts/epsilon": eps}, cfg.log_every * cfg.num_envs)
         run.maybe_evaluate(agent, envs, step_before, step)
         run.maybe_checkpoint(iteration + 1, step, modules, envs)
         if run.should_stop:
