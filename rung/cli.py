@@ -22,7 +22,7 @@ commands:
   train [ALGO] [--preset NAME] [flags]   train (default: PPO on CartPole-v1); 'rung train ALGO --help' lists flags
   train --resume DIR [flags]             continue a run from its latest checkpoint
   eval DIR [--episodes N] [--video]      evaluate a run's policy, write DIR/eval.json
-  collect --env ENV --policy expert|DIR --episodes N -o FILE
+  collect --env ENV --policy expert|random|DIR --episodes N -o FILE
                                          record whole episodes to a .npz (rung) or .hdf5 (D4RL) file
   plot DIR... -o FILE.png                overlay learning curves (mean and band across seeds)
   list                                   algorithms and presets with their targets
@@ -222,7 +222,7 @@ def cmd_collect(argv: list[str]) -> int:
     p = Parser(prog="rung collect", description="Record whole episodes of a scripted expert or a trained run's policy.")
     p.add_argument("--env", help="gymnasium id; with a run folder as --policy, defaults to the run's env")
     p.add_argument("--policy", default="expert", help="'expert' for the scripted expert of --env (rung/envs/experts.py), "
-                   "or a run folder written by 'rung train' (default expert)")
+                   "'random' for uniform random actions, or a run folder written by 'rung train' (default expert)")
     p.add_argument("--episodes", type=int, default=10, help="whole episodes to record (default 10)")
     p.add_argument("-o", "--output", required=True, help="file to write: .npz (rung's format) or .hdf5 (D4RL layout, needs rung[offline])")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
@@ -241,6 +241,10 @@ def cmd_collect(argv: list[str]) -> int:
         if not a.env:
             raise UserError("--policy expert needs --env; for example: rung collect --env CartPole-v1 --policy expert -o demos.npz")
         env_id, policy = a.env, get_expert(a.env)
+    elif a.policy == "random":
+        if not a.env:
+            raise UserError("--policy random needs --env; for example: rung collect --env Pendulum-v1 --policy random -o random.npz")
+        env_id, policy = a.env, demos.random_policy(a.env, a.seed)
     else:
         env_id, policy = demos.policy_from_run(Path(a.policy), a.checkpoint)
         if a.env and a.env.removeprefix("batched/") != env_id.removeprefix("batched/"):

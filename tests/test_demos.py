@@ -304,10 +304,28 @@ def test_cli_collect_from_a_run_folder(tmp_path, capsys):
     assert demos.load(out).num_episodes == 2
 
 
+def test_random_policy_is_uniform_within_the_bounds_and_reproducible():
+    a = demos.random_policy("Pendulum-v1", seed=3)(torch.zeros(4000, 3))
+    assert a.shape == (4000, 1) and a.min() >= -2.0 and a.max() <= 2.0
+    assert abs(float(a.mean())) < 0.1 and float(a.std()) > 1.0  # uniform on [-2, 2]: std 1.15
+    assert torch.equal(a, demos.random_policy("Pendulum-v1", seed=3)(torch.zeros(4000, 3)))
+    d = demos.random_policy("CartPole-v1", seed=0)(torch.zeros(1000, 4))
+    assert d.dtype == torch.int64 and set(d.tolist()) == {0, 1}
+
+
+def test_cli_collect_random_policy(tmp_path, capsys):
+    out = tmp_path / "random.npz"
+    assert main(["collect", "--env", "CartPole-v1", "--policy", "random", "--episodes", "5", "-o", str(out)]) == 0
+    traj = demos.load(out, env="CartPole-v1")
+    # A random CartPole policy falls within a few dozen steps; the expert never does.
+    assert traj.num_episodes == 5 and traj.source == "random" and traj.mean_return < 100
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--env", "Acrobot-v1"], "no scripted expert for 'Acrobot-v1'; experts exist for CartPole-v1"),
     (["--env", "NoSuchEnv-v0"], "no scripted expert for 'NoSuchEnv-v0'"),
     (["--policy", "expert"], "--policy expert needs --env"),
+    (["--policy", "random"], "--policy random needs --env"),
     (["--env", "CartPole-v1", "--episodes", "0"], "--episodes must be > 0"),
     (["--env", "CartPole-v1", "--policy", "/nonexistent/run"], "is not a directory"),
 ])

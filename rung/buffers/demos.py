@@ -689,6 +689,28 @@ def _check_action(action: torch.Tensor, env: Env, n: int) -> np.ndarray:
     return action.numpy().astype(np.int64 if env.discrete else np.float32)
 
 
+def random_policy(env_id: str, seed: int = 0) -> PolicyFn:
+    """Uniform random actions over `env_id`'s action space, from a generator of its own, so a
+    recording is reproducible and does not move the global RNG: the low-quality half of a
+    mixed-quality dataset, and the floor a clone's return is compared against."""
+    from rung.envs.make import make_env
+
+    env = make_env(env_id.removeprefix("batched/"), 1, seed)
+    discrete, dim = env.discrete, env.action_dim
+    low = None if discrete else torch.as_tensor(env.action_low, dtype=torch.float32)
+    high = None if discrete else torch.as_tensor(env.action_high, dtype=torch.float32)
+    env.close()
+    gen = torch.Generator().manual_seed(seed)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        n = obs.shape[0]
+        if discrete:
+            return torch.randint(0, dim, (n,), generator=gen)
+        return low + (high - low) * torch.rand(n, dim, generator=gen)
+
+    return policy
+
+
 def policy_from_run(run_dir: str | Path, which: str = "best") -> tuple[str, PolicyFn]:
     """(env id, policy) from a run folder: the deterministic policy of its `which` checkpoint,
     taking raw observations. Where the run normalised observations in the env (on-policy
