@@ -9,6 +9,20 @@ from rung.objectives.imitation import (
     kl_diag_gaussian,
     td3_bc_actor_loss,
 )
+from rung.objectives.llm import (
+    Aggregation,
+    KLEstimator,
+    clipped_token_pg_loss,
+    group_advantages,
+    kl_penalty,
+    masked_aggregate,
+    masked_whiten,
+    reinforce_token_loss,
+    rloo_advantages,
+    sft_loss,
+    token_gae,
+    token_rewards,
+)
 from rung.objectives.policy_gradient import entropy_loss, ppo_clip_loss, reinforce_loss, value_loss
 from rung.objectives.q_learning import (
     clipped_double_q_target,
@@ -21,4 +35,7 @@ from rung.objectives.q_learning import (
 __all__ = ["gae", "discounted_returns", "normalize", "ppo_clip_loss", "value_loss", "entropy_loss", "reinforce_loss",
            "dqn_target", "td_loss", "clipped_double_q_target", "smoothed_target_action", "soft_q_target",
            "deterministic_policy_loss", "sac_policy_loss", "temperature_loss", "bc_discrete_loss", "bc_gaussian_nll_loss",
-           "bc_mse_loss", "td3_bc_actor_loss", "kl_categorical", "kl_diag_gaussian", "decayed_coef"]
+           "bc_mse_loss", "td3_bc_actor_loss", "kl_categorical", "kl_diag_gaussian", "decayed_coef",
+           "Aggregation", "KLEstimator", "group_advantages", "rloo_advantages", "masked_aggregate",
+           "clipped_token_pg_loss", "kl_penalty", "token_rewards", "token_gae", "masked_whiten",
+           "reinforce_token_loss", "sft_loss"]
