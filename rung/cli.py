@@ -87,12 +87,14 @@ def _type_name(tp: Any) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
-    from rung.config import field_docs
+    from rung.config import BaseConfig, field_docs
 
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     group = parser.add_argument_group("config")
-    for f in dataclasses.fields(cls):
+    # The algorithm's own fields first, the run-wide ones (seed, device, ...) last.
+    base = {f.name for f in dataclasses.fields(BaseConfig)}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in base):
         tp = hints[f.name]
         default = getattr(defaults, f.name)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default

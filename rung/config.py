@@ -1,4 +1,4 @@
-"""RunConfig: the fields every algorithm shares, and their validation.
+"""BaseConfig and RunConfig: the fields every algorithm shares, and their validation.
 
 Configs are plain dataclasses. Each field carries a docstring (read by the CLI for --help) and
 choices are `Literal`s. Values are checked by `validate()`, which raises `UserError` naming the
@@ -20,25 +20,53 @@ from rung.errors import UserError
 
 
 @dataclass
-class RunConfig:
+class BaseConfig:
+    """What every run has, env or not: its seed, folder, device and checkpoint cadence. Env
+    algorithms extend it as RunConfig, language-model ones as rung.llm.config.LLMConfig."""
+
+    seed: int = 1
+    """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
+    run_dir: str | None = None
+    """Run folder; default runs/<env or task>__<algo>__<seed>__<time>."""
+    torch_threads: int = 1
+    """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
+    device: str = "cpu"
+    """Torch device for the networks: cpu, cuda, or cuda:N."""
+    checkpoint_every: int = 10
+    """Write checkpoints/latest.pt every this many iterations (and always at the end)."""
+    log_every: int = 1
+    """Write a metrics line every this many iterations."""
+
+    @property
+    def subject(self) -> str:
+        """What the run learns in, for messages and default folder names."""
+        raise NotImplementedError
+
+    @property
+    def budget(self) -> int:
+        """The step count the run trains for, on its own step axis."""
+        raise NotImplementedError
+
+    def validate(self) -> None:
+        positive(self, "checkpoint_every", "log_every")
+        non_negative(self, "seed", "torch_threads")
+        check_choices(self)
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")
+
+
+@dataclass
+class RunConfig(BaseConfig):
     env: str = "CartPole-v1"
     """Gymnasium environment id."""
     randomize: str = ""
     """Domain randomisation for batched envs, resampled at each episode start: NAME=LOW:HIGH,...
     (e.g. pole_length=0.4:0.6,gravity=9.0:10.6). Evaluation uses the nominal parameters."""
-    seed: int = 1
-    """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
     total_timesteps: int = 100_000
     """Environment steps to train for, summed over all envs (and all processes under torchrun)."""
-    run_dir: str | None = None
-    """Run folder; default runs/<env>__<algo>__<seed>__<time>."""
-    torch_threads: int = 1
-    """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
     compile: bool = False
     """torch.compile the batched env's step and the networks; the first iterations pay the compile
     time (measured in bench/batched.py; on CPU it has not paid for itself)."""
-    device: str = "cpu"
-    """Torch device for the networks: cpu, cuda, or cuda:N."""
     eval_every: int = 10_000
     """Evaluate the deterministic policy every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -50,15 +78,19 @@ class RunConfig:
     envs such as FetchReach-v4); used where no return threshold applies."""
     stop_when_solved: bool = False
     """End the run at the first periodic evaluation at or above the target."""
-    checkpoint_every: int = 10
-    """Write checkpoints/latest.pt every this many iterations (and always at the end)."""
-    log_every: int = 1
-    """Write a metrics line every this many iterations."""
+
+    @property
+    def subject(self) -> str:
+        return self.env
+
+    @property
+    def budget(self) -> int:
+        return self.total_timesteps
 
     def validate(self) -> None:
-        positive(self, "total_timesteps", "eval_episodes", "checkpoint_every", "log_every")
-        non_negative(self, "seed", "torch_threads", "eval_every")
-        check_choices(self)
+        super().validate()
+        positive(self, "total_timesteps", "eval_episodes")
+        non_negative(self, "eval_every")
         if self.target_success_rate is not None:
             in_range(self, "target_success_rate", 0.0, 1.0)
         if self.randomize:
@@ -67,8 +99,6 @@ class RunConfig:
             parse_randomize(self.randomize)
             if not self.env.startswith("batched/"):
                 raise UserError(f"--randomize needs a batched env such as batched/{self.env}; {self.env} is a gymnasium env")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")
 
 
 def positive(cfg: Any, *names: str) -> None:

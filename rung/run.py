@@ -29,7 +29,7 @@ import yaml
 
 import rung
 from rung import checkpoint, seeding
-from rung.config import RunConfig, to_dict
+from rung.config import BaseConfig, RunConfig, to_dict
 from rung.distributed import ddp
 from rung.envs.make import env_threshold, make_env
 from rung.errors import UserError
@@ -48,9 +48,9 @@ class TrainResult:
     agent: torch.nn.Module | None = field(default=None, repr=False)
 
 
-def default_run_dir(algo: str, cfg: RunConfig) -> Path:
+def default_run_dir(algo: str, cfg: BaseConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.env.replace('/', '-')}__{algo}__{cfg.seed}__{stamp}"
+    return Path("runs") / f"{cfg.subject.replace('/', '-')}__{algo}__{cfg.seed}__{stamp}"
 
 
 def rss_mb() -> float:
@@ -119,7 +119,7 @@ class Run:
     """Call order in an algorithm: Run(...) -> restore() -> [log(), maybe_evaluate(),
     maybe_checkpoint()] per iteration -> finish()."""
 
-    def __init__(self, algo: str, cfg: RunConfig, *, resume: bool = False, force: bool = False):
+    def __init__(self, algo: str, cfg: BaseConfig, *, resume: bool = False, force: bool = False):
         cfg.validate()
         self.algo, self.cfg, self.resume = algo, cfg, resume
         if cfg.torch_threads > 0:
@@ -142,8 +142,10 @@ class Run:
         self.run_dir = run_dir
         self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
         start_step = self.ckpt["step"] if self.ckpt else 0
-        self.threshold = cfg.target_return if cfg.target_return is not None else env_threshold(cfg.env)
-        self.logger = Logger(run_dir, cfg.total_timesteps, start_step=start_step, enabled=self.dist.is_main)
+        # Env runs only: language-model runs judge themselves by their task's accuracy.
+        self.threshold = None if not isinstance(cfg, RunConfig) else \
+            cfg.target_return if cfg.target_return is not None else env_threshold(cfg.env)
+        self.logger = Logger(run_dir, cfg.budget, start_step=start_step, enabled=self.dist.is_main)
         self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
                                            "solved_at_seconds": None}
         self.wall_offset = 0.0
@@ -151,7 +153,7 @@ class Run:
         self._eval_env: VecEnv | None = None
         self._recent_returns: list[float] = []
         if not resume:
-            self.logger.info(f"{algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_timesteps:,} steps -> {run_dir}")
+            self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget:,} steps -> {run_dir}")
 
     @property
     def wall(self) -> float:
@@ -160,9 +162,10 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def restore(self, modules: dict[str, Any], envs: VecEnv) -> tuple[int, int]:
-        """Load the checkpoint into `modules` (name -> object with load_state_dict) and `envs`;
-        returns (iteration, env step) to continue from, (0, 0) for a fresh run."""
+    def restore(self, modules: dict[str, Any], envs: VecEnv | None = None) -> tuple[int, int]:
+        """Load the checkpoint into `modules` (name -> object with load_state_dict) and `envs`
+        (None for runs without envs); returns (iteration, step) to continue from, (0, 0) for a
+        fresh run."""
         # The clock starts here, with the loop: set-up (imports, env and network construction) is
         # not training time, and peers' clocks (SB3's learn()) leave it out too.
         self.t0 = time.perf_counter()
@@ -175,15 +178,16 @@ class Run:
         if len(ranks) != self.dist.world_size:
             raise UserError(f"the checkpoint was written by {len(ranks)} process(es); resume it with the same number (got {self.dist.world_size})")
         own = ranks[self.dist.rank]
-        envs.load_state_dict(own["env"])
+        if envs is not None:
+            envs.load_state_dict(own["env"])
         seeding.set_rng_state(own["rng"])
         self.eval_state = ck["eval"]
         self.wall_offset = ck["wall"]
         self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
         return ck["iteration"], ck["step"]
 
-    def save(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv) -> None:
-        own = {"env": envs.state_dict(), "rng": seeding.rng_state()}
+    def save(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv | None = None) -> None:
+        own = {"env": None if envs is None else envs.state_dict(), "rng": seeding.rng_state()}
         ranks = ddp.gather_object(own, self.dist)
         if self.dist.is_main:
             ck = {"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg), "iteration": iteration,
@@ -192,7 +196,7 @@ class Run:
             ck.update({name: m.state_dict() for name, m in modules.items()})
             checkpoint.save_atomic(ck, self.run_dir / "checkpoints" / "latest.pt")
 
-    def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv) -> None:
+    def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv | None = None) -> None:
         """`iteration` counts completed iterations; saving happens at iteration boundaries so that
         a resumed run replays exactly what an uninterrupted one would."""
         if iteration % self.cfg.checkpoint_every == 0:
@@ -267,6 +271,21 @@ class Run:
         return bool(ddp.broadcast_object(self.eval_state["solved_at_step"] is not None))
 
     # -- the end -------------------------------------------------------------------------------
+
+    def close(self, iteration: int, step: int, modules: dict[str, Any], summary: dict[str, Any], *,
+              plot: dict[str, str] | None = None) -> TrainResult:
+        """The end of a run without envs (language-model algorithms evaluate on their task, not
+        in an env): the last checkpoint, summary.json with the run-wide fields added to
+        `summary`, curve.png from `plot` (plot_curve's keyword arguments)."""
+        self.save(iteration, step, modules)
+        if self.dist.is_main:
+            summary = {"algo": self.algo, "seed": self.cfg.seed, "steps": step, "wall_seconds": round(self.wall, 2),
+                       **summary, "num_processes": self.dist.world_size, "rung_version": rung.__version__}
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            self.logger.close()
+            plot_curve(self.run_dir, **(plot or {}))
+        ddp.barrier()
+        return TrainResult(self.run_dir, summary if self.dist.is_main else {}, None)
 
     def finish(self, agent: torch.nn.Module, envs: VecEnv, iteration: int, step: int,
                modules: dict[str, Any]) -> TrainResult:

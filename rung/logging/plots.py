@@ -35,18 +35,20 @@ def _series(rows: list[dict[str, Any]], key: str, x: str = "step") -> tuple[np.n
     return a[:, 0], a[:, 1]
 
 
-def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: float | None = None) -> Path:
-    """Episodic return against env steps and against wall-clock seconds, training episodes
-    (thin) and periodic evaluations (markers)."""
+def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: float | None = None, *,
+               train_key: str = TRAIN_KEY, eval_key: str = EVAL_KEY, ylabel: str = "episodic return",
+               step_label: str = "env steps") -> Path:
+    """A training metric (thin; episodic return by default) and the periodic evaluations
+    (markers) against steps and against wall-clock seconds."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, x, label in ((axes[0], "step", "env steps"), (axes[1], "wall", "wall-clock seconds")):
-        tx, ty = _series(rows, TRAIN_KEY, x)
+    for ax, x, label in ((axes[0], "step", step_label), (axes[1], "wall", "wall-clock seconds")):
+        tx, ty = _series(rows, train_key, x)
         if len(tx):
-            ax.plot(tx, ty, lw=0.8, alpha=0.6, label="training episodes")
-        ex, ey = _series(rows, EVAL_KEY, x)
+            ax.plot(tx, ty, lw=0.8, alpha=0.6, label="training episodes" if train_key == TRAIN_KEY else train_key)
+        ex, ey = _series(rows, eval_key, x)
         if len(ex):
             _, es = _series(rows, "eval/std_return", x)
             ax.plot(ex, ey, "o-", lw=1.6, ms=3, label="evaluation (mean)")
@@ -56,10 +58,10 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: fl
             ax.axhline(threshold, ls="--", c="k", lw=0.8, label=f"solved ({threshold:g})")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("episodic return")
+    axes[0].set_ylabel(ylabel)
     axes[0].legend(loc="lower right", fontsize=8)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    title = f"{cfg.get('algo', '')} on {cfg.get('env', '')}, seed {cfg.get('seed', '?')}   ({run_dir.name})" if cfg else run_dir.name
+    title = f"{cfg.get('algo', '')} on {cfg.get('env') or cfg.get('task', '')}, seed {cfg.get('seed', '?')}   ({run_dir.name})" if cfg else run_dir.name
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / "curve.png"
