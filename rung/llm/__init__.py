@@ -1,0 +1,1 @@
+"""RL on language models: the language model is the policy, a generated sequence the action."""
