@@ -186,6 +186,11 @@ class Run:
         self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
         return ck["iteration"], ck["step"]
 
+    def start_clock(self) -> None:
+        """Restart the training clock (after work done before the loop that is not training, such
+        as a language model's evaluation before its first step)."""
+        self.t0 = time.perf_counter()
+
     def save(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv | None = None) -> None:
         own = {"env": None if envs is None else envs.state_dict(), "rng": seeding.rng_state()}
         ranks = ddp.gather_object(own, self.dist)

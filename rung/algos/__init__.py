@@ -17,6 +17,7 @@ ALGOS: dict[str, str] = {
     "sac": "Soft Actor-Critic with automatic entropy tuning (continuous actions; --her for goal envs)",
     "bc": "Behaviour cloning from a dataset into PPO's policy network (discrete and continuous actions)",
     "td3_bc": "TD3+BC, offline RL from a dataset: TD3 with a behaviour-cloning term (continuous actions)",
+    "grpo": "GRPO on a language model: group-relative advantages, clipped token loss (--model, --task)",
 }
 
 

