@@ -18,6 +18,9 @@ ALGOS: dict[str, str] = {
     "bc": "Behaviour cloning from a dataset into PPO's policy network (discrete and continuous actions)",
     "td3_bc": "TD3+BC, offline RL from a dataset: TD3 with a behaviour-cloning term (continuous actions)",
     "grpo": "GRPO on a language model: group-relative advantages, clipped token loss (--model, --task)",
+    "sft": "Supervised fine-tuning of a language model on prompt/response pairs (--dataset, or a task's answers)",
+    "reinforce_llm": "REINFORCE on a language model with a leave-one-out (RLOO) baseline (--model, --task)",
+    "ppo_llm": "PPO on a language model: value head, per-token KL rewards, GAE, clipped losses (--model, --task)",
 }
 
 

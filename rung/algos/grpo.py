@@ -33,15 +33,10 @@ import torch
 from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
-from rung.llm.evaluate import evaluate_task, prompt_texts, score
-from rung.llm.generation import generate_grouped
 from rung.llm.logprobs import token_logprobs
+from rung.llm.loop import HeldOut, global_counts, rollout_logprobs, rollout_metrics, sample_step
 from rung.objectives import clipped_token_pg_loss, group_advantages, kl_penalty, masked_aggregate
 from rung.run import Counters, Run, TrainResult
-
-# Held-out prompts come from the test split with this seed, the same for every run of a task,
-# so that runs with different seeds and algorithms are scored on the same problems.
-EVAL_SEED = 0
 
 
 @dataclass
@@ -89,21 +84,12 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         reference = reference_copy(model, share_base=cfg.lora_r > 0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    counters = Counters(eval_before=None)
+    counters = Counters()
     modules = {"model": model, "optimizer": optimizer, "counters": counters}
-    eval_examples = task.prompts("test", cfg.eval_prompts, EVAL_SEED)
-
-    def held_out() -> dict[str, float]:
-        return evaluate_task(model, tokenizer, task, eval_examples, max_new_tokens=cfg.max_new_tokens,
-                             chat_template=cfg.chat_template)
+    held_out = HeldOut(run, cfg, model, tokenizer, task, counters)
 
     start, _ = run.restore(modules)
-    if counters["eval_before"] is None and run.dist.is_main:
-        counters["eval_before"] = held_out()
-        run.logger.log(0, 0.0, {f"eval/{k}": v for k, v in counters["eval_before"].items()})
-        run.logger.info(f"held-out before training: accuracy {counters['eval_before']['accuracy']:.3f}, "
-                        f"reward {counters['eval_before']['reward_mean']:.3f} over {len(eval_examples)} prompts")
-        run.start_clock()
+    held_out.before()
     # Every rank draws its own prompts and samples; the generator is reseeded per step so that a
     # resumed run samples what an uninterrupted one would.
     gen = torch.Generator(device=device)
@@ -111,30 +97,21 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     step = start
     for step in range(start + 1, cfg.total_steps + 1):
         t0 = time.perf_counter()
-        seed = (cfg.seed * 1_000_003 + step) * 1_009 + run.dist.rank
-        examples = task.prompts("train", cfg.batch_size, seed % 2**62)
-        gen.manual_seed(seed)
-        rollout = generate_grouped(model, tokenizer, prompt_texts(tokenizer, examples, cfg.chat_template), G,
-                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   generator=gen)
-        rewards, reasons = score(task, [e for e in examples for _ in range(G)], rollout.texts)
+        _, rollout, rewards, reasons = sample_step(model, tokenizer, task, cfg, step, run.dist.rank, G, gen)
         t_rollout = time.perf_counter() - t0
         advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
         mask = rollout.response_mask
         B = mask.shape[0]
         # Global normalisers: the loss of every micro-batch on every rank divides by the whole
         # batch's counts, and DDP's gradient average is undone by multiplying by the world size.
-        counts = torch.tensor([float(mask.sum()), float(B)], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(counts)
-        num_tokens, num_sequences = counts[0].clamp(min=1), counts[1]
+        num_tokens, num_sequences = global_counts(mask, world)
 
         ref_logprobs = old_logprobs = None
         with torch.no_grad():
             if reference is not None:
-                ref_logprobs = _logprobs(reference, rollout, cfg)
+                ref_logprobs = rollout_logprobs(reference, rollout, cfg.micro_batch_size, cfg.temperature)
             if cfg.update_epochs > 1:
-                old_logprobs = _logprobs(model, rollout, cfg)
+                old_logprobs = rollout_logprobs(model, rollout, cfg.micro_batch_size, cfg.temperature)
         t1 = time.perf_counter()
         stats: dict[str, float] = Counter()
         for _epoch in range(cfg.update_epochs):
@@ -165,43 +142,13 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             optimizer.step()
         t_update = time.perf_counter() - t1
 
-        lengths = mask.sum(1).float()
-        metrics = {**stats, "llm/reward_mean": float(rewards.mean()), "llm/reward_std": float(rewards.std()),
-                   "llm/accuracy": float((rewards >= task.max_reward - 1e-9).float().mean()),
-                   "llm/response_length": float(lengths.mean()), "llm/truncated_frac": float(rollout.truncated.float().mean()),
-                   "llm/tokens": float(num_tokens), "llm/samples_per_s": B / (t_rollout + t_update),
-                   "time/rollout": t_rollout, "time/update": t_update}
-        metrics.update({f"llm/reason_{k}": v / B for k, v in reasons.items() if k != "ok"})
+        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": float(num_tokens),
+                   "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
         run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
-        if run.dist.is_main and cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < cfg.total_steps:
-            result = held_out()
-            run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in result.items()})
-            run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}  reward {result['reward_mean']:.3f}"
-                            f"  (train reward {metrics['llm/reward_mean']:.3f}, {run.wall:6.1f} s)")
+        held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
         run.maybe_checkpoint(step, step, modules)
 
-    after = held_out() if run.dist.is_main else {}
-    if run.dist.is_main:
-        run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in after.items()})
-        before = counters["eval_before"]
-        run.logger.info(f"done: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, reward "
-                        f"{before['reward_mean']:.3f} -> {after['reward_mean']:.3f} over {len(eval_examples)} prompts; "
-                        f"run folder {run.run_dir}")
-    summary = {"model": cfg.model, "task": cfg.task, "eval_prompts": len(eval_examples),
-               "eval_accuracy_before": counters["eval_before"]["accuracy"] if run.dist.is_main else None,
-               "eval_accuracy_after": after.get("accuracy"),
-               "eval_reward_mean_before": counters["eval_before"]["reward_mean"] if run.dist.is_main else None,
-               "eval_reward_mean_after": after.get("reward_mean")}
+    summary = held_out.after(step)
     return run.close(step, step, modules, summary,
                      plot={"train_key": "llm/reward_mean", "eval_key": "eval/reward_mean", "ylabel": "reward",
                            "step_label": "optimizer steps"})
-
-
-def _logprobs(model, rollout, cfg: Config) -> torch.Tensor:
-    """(B, T) log-probs of the rollout's responses, micro-batch by micro-batch."""
-    B = rollout.response_ids.shape[0]
-    return torch.cat([token_logprobs(model, rollout.prompt_ids[i:i + cfg.micro_batch_size],
-                                     rollout.prompt_mask[i:i + cfg.micro_batch_size],
-                                     rollout.response_ids[i:i + cfg.micro_batch_size],
-                                     rollout.response_mask[i:i + cfg.micro_batch_size], temperature=cfg.temperature)
-                      for i in range(0, B, cfg.micro_batch_size)])

@@ -1,0 +1,132 @@
+"""The lines every language-model algorithm's loop shares that are not losses: its held-out
+evaluation (before, during, after), a step's seeded prompts and scored responses, the rollout's
+metrics, the global token counts that normalise the loss, and micro-batched log-probs.
+
+Each algorithm still writes its own loop (rung.algos.grpo, reinforce_llm, ppo_llm, sft); these
+were the blocks that were the same in all of them, moved here by the graduation rule.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from rung.llm.config import LLMConfig
+from rung.llm.evaluate import evaluate_task, prompt_texts, score
+from rung.llm.generation import Rollout, generate_grouped
+from rung.llm.logprobs import token_logprobs
+from rung.llm.tasks import Example, Task
+
+# Held-out prompts come from the test split with this seed, the same for every run of a task,
+# so that runs with different seeds and algorithms are scored on the same problems.
+EVAL_SEED = 0
+
+
+class HeldOut:
+    """A run's held-out evaluation (greedy, on the task's test split): once before training,
+    every `cfg.eval_every` steps, once after, logged as eval/* and reported on the console.
+
+    The result before training is kept in `counters["eval_before"]`, which the algorithm puts in
+    its checkpoint, so a resumed run neither evaluates again nor reports a different start.
+    Only the main process evaluates; elsewhere every method is a no-op."""
+
+    def __init__(self, run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: Task, counters: dict):
+        self.run, self.cfg, self.model, self.tokenizer, self.task = run, cfg, model, tokenizer, task
+        self.counters = counters
+        counters.setdefault("eval_before", None)
+        self.examples = task.prompts("test", cfg.eval_prompts, EVAL_SEED)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_task(self.model, self.tokenizer, self.task, self.examples,
+                             max_new_tokens=self.cfg.max_new_tokens, chat_template=self.cfg.chat_template)
+
+    def before(self) -> None:
+        """Evaluate the starting policy unless a checkpoint already holds that result; call after
+        `run.restore`. The training clock restarts afterwards: evaluating is not training."""
+        run = self.run
+        if self.counters["eval_before"] is not None or not run.dist.is_main:
+            return
+        result = self.counters["eval_before"] = self.evaluate()
+        run.logger.log(0, 0.0, {f"eval/{k}": v for k, v in result.items()})
+        run.logger.info(f"held-out before training: accuracy {result['accuracy']:.3f}, "
+                        f"reward {result['reward_mean']:.3f} over {len(self.examples)} prompts")
+        run.start_clock()
+
+    def maybe(self, step: int, total_steps: int, train_note: str = "") -> None:
+        """Evaluate at every `eval_every`-th step before the last (the last one is `after`'s)."""
+        run, every = self.run, self.cfg.eval_every
+        if not run.dist.is_main or every <= 0 or step % every or step >= total_steps:
+            return
+        result = self.evaluate()
+        run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in result.items()})
+        run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}  reward {result['reward_mean']:.3f}"
+                        f"  ({train_note + ', ' if train_note else ''}{run.wall:6.1f} s)")
+
+    def after(self, step: int) -> dict[str, Any]:
+        """Evaluate the trained policy; returns the summary.json fields (before and after)."""
+        run, cfg = self.run, self.cfg
+        after = self.evaluate() if run.dist.is_main else {}
+        before = self.counters["eval_before"] or {}
+        if run.dist.is_main:
+            run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in after.items()})
+            run.logger.info(f"done: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, reward "
+                            f"{before['reward_mean']:.3f} -> {after['reward_mean']:.3f} over {len(self.examples)} "
+                            f"prompts; run folder {run.run_dir}")
+        return {"model": cfg.model, "task": cfg.task, "eval_prompts": len(self.examples),
+                "eval_accuracy_before": before.get("accuracy"), "eval_accuracy_after": after.get("accuracy"),
+                "eval_reward_mean_before": before.get("reward_mean"), "eval_reward_mean_after": after.get("reward_mean")}
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of step `step` on process `rank`: a function of nothing else, so that a resumed run
+    draws the prompts and samples an uninterrupted one would, and ranks draw different ones."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank) % 2**62
+
+
+def sample_step(model: Any, tokenizer: Any, task: Task, cfg: LLMConfig, step: int, rank: int, num_generations: int,
+                generator: torch.Generator) -> tuple[list[Example], Rollout, torch.Tensor, Counter]:
+    """Step `step`'s `cfg.batch_size` training prompts and `num_generations` (G) sampled responses to
+    each, group-major, scored: (prompts' examples, rollout of B = batch_size * G rows, (B,) float32
+    rewards on the CPU, Counter of the task's reasons). `generator` is reseeded here."""
+    seed = step_seed(cfg.seed, step, rank)
+    examples = task.prompts("train", cfg.batch_size, seed)
+    generator.manual_seed(seed)
+    rollout = generate_grouped(model, tokenizer, prompt_texts(tokenizer, examples, cfg.chat_template), num_generations,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                               generator=generator)
+    rewards, reasons = score(task, [e for e in examples for _ in range(num_generations)], rollout.texts)
+    return examples, rollout, rewards, reasons
+
+
+def rollout_metrics(task: Task, rollout: Rollout, rewards: torch.Tensor, reasons: Counter) -> dict[str, float]:
+    """llm/* metrics of one step's responses: reward mean and std, accuracy (share earning the
+    maximum reward), mean response length, share cut by max_new_tokens, share of each failure reason."""
+    B = rewards.shape[0]
+    metrics = {"llm/reward_mean": float(rewards.mean()), "llm/reward_std": float(rewards.std()) if B > 1 else 0.0,
+               "llm/accuracy": float((rewards >= task.max_reward - 1e-9).float().mean()),
+               "llm/response_length": float(rollout.response_mask.sum(1).float().mean()),
+               "llm/truncated_frac": float(rollout.truncated.float().mean())}
+    metrics.update({f"llm/reason_{k}": v / B for k, v in reasons.items() if k != "ok"})
+    return metrics
+
+
+def global_counts(mask: torch.Tensor, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, sequences) of the (B, T) `mask` summed over all `world` processes: the normalisers
+    that make a loss independent of how the batch is split into micro-batches and processes.
+    Tokens are clamped to 1 so that a batch of empty responses divides by 1, not 0."""
+    counts = torch.tensor([float(mask.sum()), float(mask.shape[0])], device=mask.device)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    return counts[0].clamp(min=1), counts[1]
+
+
+def rollout_logprobs(model: Any, rollout: Rollout, micro_batch_size: int, temperature: float) -> torch.Tensor:
+    """(B, T) log-probs of the rollout's responses under `model`, computed `micro_batch_size` rows
+    at a time (call under torch.no_grad() for old or reference log-probs)."""
+    B, m = rollout.response_ids.shape[0], micro_batch_size
+    return torch.cat([token_logprobs(model, rollout.prompt_ids[i:i + m], rollout.prompt_mask[i:i + m],
+                                     rollout.response_ids[i:i + m], rollout.response_mask[i:i + m],
+                                     temperature=temperature)
+                      for i in range(0, B, m)])

@@ -1,0 +1,48 @@
+"""rung.llm.loop: the pieces the language-model loops share."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from rung.llm.config import LLMConfig  # noqa: E402
+from rung.llm.generation import generate  # noqa: E402
+from rung.llm.logprobs import token_logprobs  # noqa: E402
+from rung.llm.loop import global_counts, rollout_logprobs, rollout_metrics, sample_step, step_seed  # noqa: E402
+from rung.llm.models import load_model  # noqa: E402
+from rung.llm.tasks import get_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-gpt")
+
+
+def test_micro_batched_log_probs_equal_the_whole_batch(tiny):
+    model, tokenizer = tiny
+    rollout = generate(model, tokenizer, ["Number:", "What is 2 + 2?"] * 3, max_new_tokens=6, seed=0)
+    whole = token_logprobs(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, rollout.response_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(rollout_logprobs(model, rollout, 4, 1.0), whole.detach(), rtol=0, atol=1e-5)
+
+
+def test_global_counts_are_the_tokens_and_rows_and_never_divide_by_zero():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    assert [float(x) for x in global_counts(mask, 1)] == [3.0, 2.0]
+    assert float(global_counts(torch.zeros(2, 3, dtype=torch.bool), 1)[0]) == 1.0
+
+
+def test_a_step_samples_the_same_responses_whenever_it_runs(tiny):
+    model, tokenizer = tiny
+    cfg = LLMConfig(model="tiny-gpt", task="target_token", batch_size=2, max_new_tokens=4, chat_template=False)
+    task = get_task("target_token", target="t")
+    gen = torch.Generator()
+    first = sample_step(model, tokenizer, task, cfg, 3, 0, 4, gen)
+    sample_step(model, tokenizer, task, cfg, 4, 0, 4, gen)  # the generator's state in between does not matter
+    again = sample_step(model, tokenizer, task, cfg, 3, 0, 4, gen)
+    assert first[1].texts == again[1].texts and torch.equal(first[2], again[2])
+    assert len(first[0]) == 2 and first[1].response_ids.shape[0] == 8
+    assert len({step_seed(1, s, r) for s in range(1, 50) for r in range(4)}) == 49 * 4
+    metrics = rollout_metrics(task, first[1], first[2], first[3])
+    assert metrics["llm/accuracy"] == pytest.approx(float(first[2].mean()))
+    assert metrics["llm/response_length"] <= 4
