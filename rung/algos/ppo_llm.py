@@ -38,7 +38,7 @@ from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.logprobs import logits_to_keep_kwargs, position_ids_from_mask, scale_logits
-from rung.llm.loop import HeldOut, global_counts, rollout_logprobs, rollout_metrics, sample_step, step_seed
+from rung.llm.loop import finish_training, frozen_reference, start_training, global_counts, rollout_logprobs, rollout_metrics, sample_step, step_seed
 from rung.objectives import (
     clipped_token_pg_loss,
     kl_penalty,
@@ -48,7 +48,7 @@ from rung.objectives import (
     token_rewards,
     value_loss,
 )
-from rung.run import Counters, Run, TrainResult
+from rung.run import Run, TrainResult
 
 
 @dataclass
@@ -121,19 +121,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     device, world, rank = run.device, run.dist.world_size, run.dist.rank
     model, tokenizer, value_head = make_agent(cfg, device)
     task = load_task(cfg)
-    reference = None
-    if cfg.kl_coef > 0:
-        from rung.llm.models import reference_copy
-
-        reference = reference_copy(model, share_base=cfg.lora_r > 0)
-    params = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    counters = Counters()
-    modules = {"model": model, "value_head": value_head, "optimizer": optimizer, "counters": counters}
-    held_out = HeldOut(run, cfg, model, tokenizer, task, counters)
-
-    start, _ = run.restore(modules)
-    held_out.before()
+    reference = frozen_reference(model, cfg)
+    training, start = start_training(run, cfg, model, tokenizer, task, extra={"value_head": value_head})
+    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
     gen = torch.Generator(device=device)
     shuffle = torch.Generator()  # on the CPU, so the minibatch order does not depend on the device
     step = start
@@ -202,9 +192,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
         run.maybe_checkpoint(step, step, modules)
 
-    return run.close(step, step, modules, held_out.after(step),
-                     plot={"train_key": "llm/reward_mean", "eval_key": "eval/reward_mean", "ylabel": "reward",
-                           "step_label": "optimizer steps"})
+    return finish_training(run, training, step)
 
 
 def _policy_values(model: Any, value_head: ValueHead, rollout: Any, rows: Any, cfg: Config

@@ -41,10 +41,10 @@ from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.evaluate import prompt_texts
 from rung.llm.logprobs import logits_to_keep_kwargs, position_ids_from_mask
-from rung.llm.loop import HeldOut, global_counts, step_seed
+from rung.llm.loop import finish_training, global_counts, start_training, step_seed
 from rung.llm.tasks import Example, ReasoningGymTask, Task
 from rung.objectives import masked_aggregate, sft_loss
-from rung.run import Counters, Run, TrainResult
+from rung.run import Run, TrainResult
 
 
 @dataclass
@@ -143,14 +143,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     if pairs and cfg.epochs == 0 and run.dist.is_main and not resume:
         run.logger.info(f"{len(pairs)} examples in {cfg.dataset}: {total} steps are "
                         f"{total * cfg.batch_size * world / len(pairs):.2f} passes over them")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    counters = Counters()
-    modules = {"model": model, "optimizer": optimizer, "counters": counters}
-    held_out = HeldOut(run, cfg, model, tokenizer, task, counters)
-
-    start, _ = run.restore(modules)
-    held_out.before()
+    training, start = start_training(run, cfg, model, tokenizer, task)
+    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
     step = start
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
@@ -193,12 +187,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         held_out.maybe(step, total, f"train loss {metrics['losses/train']:.3f}")
         run.maybe_checkpoint(step, step, modules)
 
-    summary = held_out.after(step)
-    if pairs:
-        summary["dataset"], summary["dataset_examples"] = cfg.dataset, len(pairs)
-    return run.close(step, step, modules, summary,
-                     plot={"train_key": "llm/token_accuracy", "eval_key": "eval/accuracy", "ylabel": "accuracy",
-                           "step_label": "optimizer steps"})
+    extra = {"dataset": cfg.dataset, "dataset_examples": len(pairs)} if pairs else {}
+    return finish_training(run, training, step, extra, train_key="llm/token_accuracy", eval_key="eval/accuracy",
+                           ylabel="accuracy")
 
 
 def _dataset_batch(pairs: list[tuple[str, str]], cfg: Config, step: int, rank: int, world: int

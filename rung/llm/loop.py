@@ -1,6 +1,7 @@
-"""The lines every language-model algorithm's loop shares that are not losses: its held-out
-evaluation (before, during, after), a step's seeded prompts and scored responses, the rollout's
-metrics, the global token counts that normalise the loss, and micro-batched log-probs.
+"""The lines every language-model algorithm's loop shares that are not losses: its set-up
+(optimizer, checkpointed modules, frozen reference), its held-out evaluation (before, during,
+after) and end, a step's seeded prompts and scored responses, the rollout's metrics, the global
+token counts that normalise the loss, and micro-batched log-probs.
 
 Each algorithm still writes its own loop (rung.algos.grpo, reinforce_llm, ppo_llm, sft); these
 were the blocks that were the same in all of them, moved here by the graduation rule.
@@ -9,6 +10,7 @@ were the blocks that were the same in all of them, moved here by the graduation 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -130,3 +132,51 @@ def rollout_logprobs(model: Any, rollout: Rollout, micro_batch_size: int, temper
                                      rollout.response_ids[i:i + m], rollout.response_mask[i:i + m],
                                      temperature=temperature)
                       for i in range(0, B, m)])
+
+
+@dataclass
+class Training:
+    """What a language-model loop updates and checkpoints: the trainable parameters, their AdamW,
+    the modules a checkpoint holds (name -> object with state_dict) and the held-out evaluation."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, Any]
+    held_out: HeldOut
+
+
+def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: Task,
+                   extra: dict[str, torch.nn.Module] | None = None) -> tuple[Training, int]:
+    """Set up the optimizer over the model's trainable weights and `extra` modules' (a value
+    head), restore a checkpoint when resuming, evaluate before training on a fresh run; returns
+    the set-up and the step to continue from."""
+    from rung.run import Counters
+
+    extra = extra or {}
+    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    counters = Counters()
+    modules = {"model": model, **extra, "optimizer": optimizer, "counters": counters}
+    training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters))
+    start, _ = run.restore(modules)
+    training.held_out.before()
+    return training, start
+
+
+def frozen_reference(model: Any, cfg: LLMConfig) -> Any | None:
+    """The starting model, frozen, for a KL term (None when --kl-coef is 0: no copy is kept).
+    With LoRA it is the policy's own base with the adapters switched off, at no memory cost."""
+    if getattr(cfg, "kl_coef", 0.0) <= 0:
+        return None
+    from rung.llm.models import reference_copy
+
+    return reference_copy(model, share_base=cfg.lora_r > 0)
+
+
+def finish_training(run: Any, training: Training, step: int, extra_summary: dict[str, Any] | None = None, *,
+                    train_key: str = "llm/reward_mean", eval_key: str = "eval/reward_mean", ylabel: str = "reward"):
+    """The held-out evaluation after training, then the run's end (checkpoint, summary.json with
+    accuracy and reward before and after, curve.png of `train_key` and `eval_key`)."""
+    summary = {**training.held_out.after(step), **(extra_summary or {})}
+    return run.close(step, step, training.modules, summary,
+                     plot={"train_key": train_key, "eval_key": eval_key, "ylabel": ylabel, "step_label": "optimizer steps"})
