@@ -34,7 +34,15 @@ from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.logprobs import token_logprobs
-from rung.llm.loop import finish_training, frozen_reference, start_training, global_counts, rollout_logprobs, rollout_metrics, sample_step
+from rung.llm.loop import (
+    finish_training,
+    frozen_reference,
+    global_counts,
+    rollout_logprobs,
+    rollout_metrics,
+    sample_step,
+    start_training,
+)
 from rung.objectives import clipped_token_pg_loss, group_advantages, kl_penalty, masked_aggregate
 from rung.run import Run, TrainResult
 

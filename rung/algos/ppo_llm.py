@@ -38,7 +38,16 @@ from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.logprobs import logits_to_keep_kwargs, position_ids_from_mask, scale_logits
-from rung.llm.loop import finish_training, frozen_reference, start_training, global_counts, rollout_logprobs, rollout_metrics, sample_step, step_seed
+from rung.llm.loop import (
+    finish_training,
+    frozen_reference,
+    global_counts,
+    rollout_logprobs,
+    rollout_metrics,
+    sample_step,
+    start_training,
+    step_seed,
+)
 from rung.objectives import (
     clipped_token_pg_loss,
     kl_penalty,
