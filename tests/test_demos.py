@@ -340,3 +340,12 @@ def test_cli_collect_errors_exit_2(tmp_path, capsys, argv, message):
 def test_cli_collect_bad_extension_exits_2(tmp_path, capsys):
     assert main(["collect", "--env", "CartPole-v1", "-o", str(tmp_path / "d.csv")]) == 2
     assert "name it .npz" in capsys.readouterr().err
+
+
+def test_paired_returns_replay_the_same_start_states():
+    expert = get_expert("Pendulum-v1")
+    a = demos.paired_returns("Pendulum-v1", expert, 4, seed=5)
+    assert a.shape == (4,) and np.array_equal(a, demos.paired_returns("Pendulum-v1", expert, 4, seed=5))
+    # Start i of seed 5 is start i-1 of seed 6: the same states, shifted by one.
+    b = demos.paired_returns("Pendulum-v1", expert, 4, seed=6)
+    assert np.allclose(a[1:], b[:3]) and not np.allclose(a, b)

@@ -21,7 +21,8 @@ def test_pipeline_writes_plot_and_summary(tmp_path):
     pipeline = load_pipeline()
     out = tmp_path / "imitation"
     assert pipeline.main(["--env", "CartPole-v1", "--seeds", "1", "--out", str(out), "--demo-episodes", "2",
-                          "--bc-epochs", "2", "--rl-steps", "512", "--eval-every", "256", "--eval-episodes", "2"]) == 0
+                          "--bc-epochs", "2", "--rl-steps", "512", "--eval-every", "256", "--eval-episodes", "2",
+                          "--paired-episodes", "3"]) == 0
     assert (out / "demos.npz").is_file() and (out / "pipeline.png").stat().st_size > 0
     r = json.loads((out / "pipeline.json").read_text())
     assert {"env", "target", "rl_algo", "rl_steps", "init_reg_coef", "init_reg_decay_steps", "expert", "bc", "seeds",
@@ -34,7 +35,10 @@ def test_pipeline_writes_plot_and_summary(tmp_path):
         run = seed[name]
         assert {"run_dir", "first_step_at_target", "final_eval", "curve"} <= set(run)
         assert [step for step, _ in run["curve"]] == [256, 512]
-        assert set(r["median"][name]) == {"first_step_at_target", "final_eval"}
+        assert set(r["median"][name]) == {"first_step_at_target", "final_eval", "final_paired"}
+        assert isinstance(run["final_paired"], float)
+    # The scripted CartPole expert balances every one of the paired start states to the end.
+    assert r["paired"]["episodes"] == 3 and r["paired"]["expert"] == 500.0
     # The fine-tuned run really started from the clone, with the regulariser on.
     config = (Path(seed["from_bc"]["run_dir"]) / "config.yaml").read_text()
     assert f"init_from: {out / 'bc'}" in config and "init_reg_coef: 0.1" in config

@@ -39,8 +39,7 @@ DEMO_SEED, EVAL_SEED = 0, 10_000
 
 
 def paired_returns(env: str, policy: demos.PolicyFn, episodes: int) -> np.ndarray:
-    """One episode per start state EVAL_SEED + i, i < episodes: the same states for every policy."""
-    return demos.collect(env, policy, episodes, seed=EVAL_SEED, num_envs=episodes).returns()
+    return demos.paired_returns(env, policy, episodes, EVAL_SEED)
 
 
 def ratio(clone: float, expert: float) -> float:

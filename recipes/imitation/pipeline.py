@@ -9,7 +9,11 @@
 3. for each seed trains PPO from scratch (the env's preset from rung.presets where one exists)
    and PPO from the clone (--init-from, the same settings with normalize_obs on, and the KL
    regulariser toward the clone), both for --rl-steps env steps with periodic evaluation;
-4. plots OUT/pipeline.png and writes OUT/pipeline.json; prints the summary table.
+4. plays the expert, the clone and every run's final policy from the same --paired-episodes start
+   states (none of them demonstrated or seen in training's evaluations): the "ends above the
+   expert" comparison, which 10-episode evaluations are too noisy to make (on MountainCar one
+   final evaluation read -102.5 where 100 paired episodes read -118.9);
+5. plots OUT/pipeline.png and writes OUT/pipeline.json; prints the summary table.
 
 The RL algorithm is PPO for every env, Pendulum included: bc trains PPO's ActorCritic, and SAC
 starts only from a sac run (its tanh-squashed actor has no weights a bc clone maps onto).
@@ -41,8 +45,12 @@ from rung.run import write_json_atomic
 
 # The budgets --quick uses where a flag does not set them: enough for every stage to run and
 # write its files in a few seconds, far too little to learn anything.
-QUICK = {"demo_episodes": 2, "bc_epochs": 2, "rl_steps": 512, "eval_every": 256, "eval_episodes": 2}
-FULL = {"demo_episodes": 20, "bc_epochs": 200, "rl_steps": None, "eval_every": None, "eval_episodes": 10}
+QUICK = {"demo_episodes": 2, "bc_epochs": 2, "rl_steps": 512, "eval_every": 256, "eval_episodes": 2, "paired_episodes": 2}
+FULL = {"demo_episodes": 20, "bc_epochs": 200, "rl_steps": None, "eval_every": None, "eval_episodes": 10,
+        "paired_episodes": 100}
+# The paired comparison's start states: seeds from here on, far from the demonstrations' (0..)
+# and evaluations' (1,000,000..).
+PAIRED_SEED = 10_000
 # Expert demonstrations are recorded from these seeds on, in this many env copies: the settings
 # the experts' docstrings measured their returns with.
 DEMO_SEED, DEMO_ENVS = 0, 4
@@ -65,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "else 100000; --quick 512)")
     p.add_argument("--eval-every", type=int, help=f"env steps between evaluations (default rl-steps/{EVALS_PER_RUN}; --quick 256)")
     p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 10; --quick 2)")
+    p.add_argument("--paired-episodes", type=int, help="start states on which the expert, the clone and every "
+                   "final policy are compared (default 100; --quick 2)")
     p.add_argument("--init-reg-coef", type=float, default=DEFAULT_REG_COEF,
                    help=f"weight of KL(clone || policy) in the fine-tuning loss (default {DEFAULT_REG_COEF}; 0 disables)")
     p.add_argument("--init-reg-decay-steps", type=int,
@@ -158,7 +168,7 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
 
     traj = demos.collect(a.env, expert, a.demo_episodes, seed=DEMO_SEED, num_envs=DEMO_ENVS, source="expert")
     demos.save(traj, out / "demos.npz")
-    print(f"[1/4] expert: mean return {traj.mean_return:.2f} over {traj.num_episodes} episodes "
+    print(f"[1/5] expert: mean return {traj.mean_return:.2f} over {traj.num_episodes} episodes "
           f"({len(traj):,} steps) -> {out / 'demos.npz'}", flush=True)
 
     # The clone's network must be the one PPO fine-tunes: same widths and activation.
@@ -166,7 +176,7 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
                        hidden_sizes=scratch_cfg.hidden_sizes, activation=scratch_cfg.activation,
                        seed=a.seeds[0], eval_episodes=a.eval_episodes, target_return=target, run_dir=str(out / "bc"))
     bc_summary = bc.train(bc_cfg, force=True).summary
-    print(f"[2/4] bc: eval return {bc_summary['eval_mean_return']:.2f} after {bc_summary['epochs']} epochs "
+    print(f"[2/5] bc: eval return {bc_summary['eval_mean_return']:.2f} after {bc_summary['epochs']} epochs "
           f"-> {out / 'bc'}", flush=True)
 
     seeds = []
@@ -180,11 +190,21 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
             row[name] = {"run_dir": str(run_dir), "first_step_at_target": first_at(curve, target),
                          "final_eval": summary["eval_mean_return"], "curve": curve}
         seeds.append(row)
-        print(f"[3/4] seed {seed}: scratch final {row['scratch']['final_eval']:.2f}, "
+        print(f"[3/5] seed {seed}: scratch final {row['scratch']['final_eval']:.2f}, "
               f"from bc final {row['from_bc']['final_eval']:.2f}", flush=True)
 
+    def paired(policy) -> float:
+        return float(demos.paired_returns(a.env, policy, a.paired_episodes, PAIRED_SEED).mean())
+
+    paired_expert, paired_bc = paired(expert), paired(demos.policy_from_run(out / "bc")[1])
+    for row in seeds:
+        for name in ("scratch", "from_bc"):
+            row[name]["final_paired"] = paired(demos.policy_from_run(row[name]["run_dir"], "latest")[1])
+    print(f"[4/5] on the same {a.paired_episodes} start states: expert {paired_expert:.2f}, bc clone {paired_bc:.2f}",
+          flush=True)
     medians = {name: {"first_step_at_target": median_steps([r[name]["first_step_at_target"] for r in seeds]),
-                      "final_eval": statistics.median([r[name]["final_eval"] for r in seeds])}
+                      "final_eval": statistics.median([r[name]["final_eval"] for r in seeds]),
+                      "final_paired": statistics.median([r[name]["final_paired"] for r in seeds])}
                for name in ("scratch", "from_bc")}
     png = plot(out, a.env, target, traj.mean_return, bc_summary["eval_mean_return"],
                {"PPO from scratch": [r["scratch"]["curve"] for r in seeds],
@@ -197,6 +217,7 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
                    "file": str(out / "demos.npz")},
         "bc": {"run_dir": str(out / "bc"), "eval_mean_return": bc_summary["eval_mean_return"],
                "best_eval_return": bc_summary["best_eval_return"], "epochs": bc_summary["epochs"]},
+        "paired": {"episodes": a.paired_episodes, "first_seed": PAIRED_SEED, "expert": paired_expert, "bc": paired_bc},
         "seeds": seeds, "median": medians, "plot": str(png),
     }
     write_json_atomic(out / "pipeline.json", result)
@@ -209,13 +230,17 @@ def show(v: Any) -> str:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"\n[4/4] {r['env']}, target {r['target']}, PPO {r['rl_steps']:,} steps ({r['rl_settings']}); "
+    print(f"\n[5/5] {r['env']}, target {r['target']}, PPO {r['rl_steps']:,} steps ({r['rl_settings']}); "
           f"expert {r['expert']['mean_return']:.2f}, bc clone {r['bc']['eval_mean_return']:.2f}")
-    print(f"{'seed':>6} {'scratch: at target':>19} {'from bc: at target':>19} {'scratch: final':>15} {'from bc: final':>15}")
+    p = r["paired"]
+    print(f"final policies on {p['episodes']} paired start states: expert {p['expert']:.2f}, bc clone {p['bc']:.2f}")
+    print(f"{'seed':>6} {'scratch: at target':>19} {'from bc: at target':>19} {'scratch: final':>15} {'from bc: final':>15}"
+          f" {'scratch: paired':>16} {'from bc: paired':>16}")
     rows = [(str(s["seed"]), s) for s in r["seeds"]] + [("median", r["median"])]
     for name, s in rows:
         print(f"{name:>6} {show(s['scratch']['first_step_at_target']):>19} {show(s['from_bc']['first_step_at_target']):>19} "
-              f"{show(s['scratch']['final_eval']):>15} {show(s['from_bc']['final_eval']):>15}")
+              f"{show(s['scratch']['final_eval']):>15} {show(s['from_bc']['final_eval']):>15}"
+              f" {show(s['scratch']['final_paired']):>16} {show(s['from_bc']['final_paired']):>16}")
     print(f"plot {r['plot']}; all of it in {Path(r['plot']).with_name('pipeline.json')}")
 
 
