@@ -278,8 +278,9 @@ def cmd_list(argv: list[str]) -> int:
     from rung.presets import PRESETS
 
     print("algorithms (rung train ALGO):")
+    width = max(map(len, ALGOS)) + 2
     for name, what in ALGOS.items():
-        print(f"  {name:<12}{what}")
+        print(f"  {name:<{width}}{what}")
     print("\npresets (rung train --preset NAME), each held to its target (mean eval return unless marked):")
     print(f"  {'name':<22}{'algo':<11}{'env':<22}{'steps':>10}  {'target':>8}  source of the target")
     for p in PRESETS.values():
