@@ -30,7 +30,6 @@ from typing import Literal
 
 import torch
 
-from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.logprobs import token_logprobs
@@ -87,7 +86,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     task = load_task(cfg)
     reference = frozen_reference(model, cfg)
     training, start = start_training(run, cfg, model, tokenizer, task)
-    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
+    optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
     # Every rank draws its own prompts and samples; the generator is reseeded per step so that a
     # resumed run samples what an uninterrupted one would.
     gen = torch.Generator(device=device)
@@ -133,11 +132,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 stats["losses/policy"] += float(loss.detach()) / world / cfg.update_epochs
                 for k in ("clipfrac", "approx_kl"):
                     stats[f"losses/{k}"] += float(pg_stats[k]) * share
-            if world > 1:
-                ddp.all_reduce_grads(params)
-            if cfg.max_grad_norm > 0:
-                stats["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            optimizer.step()
+            norm = training.step(world, cfg.max_grad_norm)
+            if norm is not None:
+                stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
         metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": float(num_tokens),

@@ -132,7 +132,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     task = load_task(cfg)
     reference = frozen_reference(model, cfg)
     training, start = start_training(run, cfg, model, tokenizer, task, extra={"value_head": value_head})
-    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
+    optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
     gen = torch.Generator(device=device)
     shuffle = torch.Generator()  # on the CPU, so the minibatch order does not depend on the device
     step = start
@@ -182,11 +182,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     stats["losses/value"] += float(v_loss.detach()) / world / updates
                     for k in ("clipfrac", "approx_kl"):
                         stats[f"losses/{k}"] += float(pg_stats[k]) * share
-                if world > 1:
-                    ddp.all_reduce_grads(params)
-                if cfg.max_grad_norm > 0:
-                    stats["losses/grad_norm"] += float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)) / updates
-                optimizer.step()
+                norm = training.step(world, cfg.max_grad_norm)
+                if norm is not None:
+                    stats["losses/grad_norm"] += norm / updates
         t_update = time.perf_counter() - t1
 
         # This process's rollout (a rank-0 view under DDP) for the value and KL diagnostics.

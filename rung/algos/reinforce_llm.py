@@ -34,7 +34,6 @@ from typing import Literal
 
 import torch
 
-from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.logprobs import token_logprobs
@@ -81,7 +80,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     task = load_task(cfg)
     reference = frozen_reference(model, cfg)
     training, start = start_training(run, cfg, model, tokenizer, task)
-    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
+    optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
     gen = torch.Generator(device=device)
     G = cfg.num_generations
     step = start
@@ -117,11 +116,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                             num_sequences=num_sequences, max_tokens=cfg.max_new_tokens)
             loss.backward()
             stats["losses/policy"] += float(loss.detach()) / world
-        if world > 1:
-            ddp.all_reduce_grads(params)
-        if cfg.max_grad_norm > 0:
-            stats["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        optimizer.step()
+        norm = training.step(world, cfg.max_grad_norm)
+        if norm is not None:
+            stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
         metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons),

@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from rung.distributed import ddp
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
 from rung.llm.evaluate import prompt_texts
@@ -144,7 +143,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         run.logger.info(f"{len(pairs)} examples in {cfg.dataset}: {total} steps are "
                         f"{total * cfg.batch_size * world / len(pairs):.2f} passes over them")
     training, start = start_training(run, cfg, model, tokenizer, task)
-    params, optimizer, modules, held_out = training.params, training.optimizer, training.modules, training.held_out
+    optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
     step = start
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
@@ -171,11 +170,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             loss.backward()
             stats["losses/train"] += float(loss.detach()) / world
             stats["llm/token_accuracy"] += float(sft_stats["accuracy"]) * float(mask[rows].sum()) / float(num_tokens / world)
-        if world > 1:
-            ddp.all_reduce_grads(params)
-        if cfg.max_grad_norm > 0:
-            stats["losses/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        optimizer.step()
+        norm = training.step(world, cfg.max_grad_norm)
+        if norm is not None:
+            stats["losses/grad_norm"] = norm
         elapsed = time.perf_counter() - t0
 
         # Loss and token accuracy are this process's share of the batch (a rank-0 view under DDP).

@@ -144,6 +144,19 @@ class Training:
     modules: dict[str, Any]
     held_out: HeldOut
 
+    def step(self, world: int, max_grad_norm: float) -> float | None:
+        """The end of an update once every micro-batch's backward has run: gradients averaged over
+        processes (before clipping, so every rank clips the same global gradient), the global norm
+        clipped to `max_grad_norm` (0: not clipped), one optimizer step. Returns the norm before
+        clipping, or None when not clipping."""
+        if world > 1:
+            from rung.distributed import ddp
+
+            ddp.all_reduce_grads(self.params)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)) if max_grad_norm > 0 else None
+        self.optimizer.step()
+        return norm
+
 
 def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: Task,
                    extra: dict[str, torch.nn.Module] | None = None) -> tuple[Training, int]:
