@@ -78,10 +78,9 @@ class LLMConfig(BaseConfig):
         if self.temperature == 0:
             raise UserError("--temperature 0 samples greedily, so every response to a prompt is the same and "
                             "there is nothing to learn from; use a value > 0 such as 1.0")
-        from rung.llm.tasks import TASKS
+        from rung.llm.tasks import check_task_name
 
-        if self.task not in TASKS:
-            raise UserError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        check_task_name(self.task)
         parse_options(self.task_options)
 
 

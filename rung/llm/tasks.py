@@ -232,12 +232,17 @@ TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
+def check_task_name(name: str) -> None:
+    """A one-line UserError for a name with no task, without building any task."""
+    if name not in TASKS:
+        raise UserError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
+
+
 def get_task(name: str, **kwargs: Any) -> Task:
     """The task called `name`, built with `kwargs`: for the reasoning-gym tasks, `scorer` and the
     dataset's own options (`get_task("chain_sum", max_terms=3)`); `timeout` for humaneval; `target`
     and `prompt` for target_token."""
-    if name not in TASKS:
-        raise UserError(f"unknown task '{name}'; known tasks: {', '.join(sorted(TASKS))}")
+    check_task_name(name)
     try:
         return TASKS[name](**kwargs)
     except TypeError as e:
