@@ -146,6 +146,69 @@ def test_generate_grouped_is_group_major(tiny):
     assert len({tuple(x) for x in r.response_ids[:3].tolist()}) > 1  # samples differ within a group
 
 
+def test_grouped_prompts_share_one_forward_with_the_same_logprobs_and_gradient(tiny, monkeypatch):
+    from rung.llm import logprobs as lp
+
+    model, tok = tiny
+    # Groups of different sizes, one prompt alone, one of a single token (nothing to prefill).
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] + [PROMPTS[2]] * 2 + ["7"] * 2
+    r = generate(model, tok, prompts, max_new_tokens=9, temperature=1.0, seed=4)
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, **kw: calls.append(kw["input_ids"].shape) or forward(self, **kw))
+    shared = _logprobs(model, r)
+    assert calls[0] == (4, r.prompt_ids.shape[1] - 1)  # one prompt forward per group, its last column left out
+    assert torch.allclose(shared, r.logprobs, atol=1e-4)  # still the ratio-is-1 property
+    shared.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(lp, "prefill_shared", lambda *args: None)
+    calls.clear()
+    plain = _logprobs(model, r)
+    assert calls == [(8, r.prompt_ids.shape[1] + r.response_ids.shape[1])]
+    assert torch.allclose(shared, plain, atol=1e-5)
+    plain.sum().backward()
+    for p, g in zip(model.parameters(), grads):
+        assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+
+
+def test_grouped_sampling_draws_what_unshared_sampling_draws(tiny, monkeypatch):
+    from rung.llm import generation
+
+    model, tok = tiny
+    a = generate_grouped(model, tok, PROMPTS, num_generations=3, max_new_tokens=8, seed=2)
+    monkeypatch.setattr(generation, "prefill_shared", lambda *args: None)
+    b = generate_grouped(model, tok, PROMPTS, num_generations=3, max_new_tokens=8, seed=2)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_draw_follows_the_distribution_and_never_draws_a_zero():
+    from rung.llm.generation import _draw
+
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(20000, 1)
+    draws = _draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).float() / 20000
+    assert freq[[0, 2, 5]].eq(0).all()
+    assert torch.allclose(freq, probs[0], atol=0.015)
+
+
+def test_padding_columns_after_every_response_change_nothing(tiny, monkeypatch):
+    model, tok = tiny
+    r = generate(model, tok, PROMPTS, max_new_tokens=6, seed=1)
+    extra = 5
+    ids = torch.nn.functional.pad(r.response_ids, (0, extra), value=tok.pad_token_id)
+    mask = torch.nn.functional.pad(r.response_mask, (0, extra), value=False)
+    seen = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, **kw: seen.append(kw["input_ids"].shape[1]) or forward(self, **kw))
+    logp, entropy = token_logprobs(model, r.prompt_ids, r.prompt_mask, ids, mask, return_entropy=True)
+    assert logp.shape == ids.shape and logp[:, -extra:].eq(0).all() and entropy[:, -extra:].eq(0).all()
+    assert max(seen) == r.prompt_ids.shape[1] + r.response_ids.shape[1]  # the padding never reached the model
+    assert torch.allclose(logp[:, :-extra], _logprobs(model, r), atol=1e-6)
+
+
 def test_rollout_tensors_train(tiny):
     model, tok = tiny
     r = generate(model, tok, PROMPTS, max_new_tokens=5, seed=0)

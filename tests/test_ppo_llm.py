@@ -51,7 +51,7 @@ def test_micro_batch_size_does_not_change_the_update(tmp_path):
     # 64 new tokens, so that some responses end early (eos) and micro-batches hold different
     # numbers of tokens: only a loss normalised by the whole minibatch's count is then invariant.
     # One epoch, one minibatch: the one optimizer step sees the whole rollout's gradient.
-    kw = dict(total_steps=1, update_epochs=1, num_minibatches=1, task_options="target=t", batch_size=16,
+    kw = dict(total_steps=1, update_epochs=1, num_minibatches=1, task_options="target=t", batch_size=32,
               max_new_tokens=64)
     whole = ppo_llm.train(tiny_cfg(tmp_path / "a", micro_batch_size=64, **kw))
     parts = ppo_llm.train(tiny_cfg(tmp_path / "b", micro_batch_size=5, **kw))

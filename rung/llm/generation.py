@@ -15,6 +15,9 @@ string is the last one kept in the response mask (with its log-prob); the text k
 string and drops whatever that token decoded to after it. An eos token ends a response too: it is
 kept in the mask and dropped from the text.
 
+Responses to the same prompt share its forward (`rung.llm.logprobs.prefill_shared`): a group of G
+samples costs one prompt prefill.
+
 Simplified: the batch never shrinks (finished rows keep being fed a pad token until all are done),
 stop strings are searched in the last few tokens' text only, and there is no repetition penalty,
 beam search or speculative decoding.
@@ -28,7 +31,13 @@ from typing import Any
 import torch
 
 from rung.errors import UserError
-from rung.llm.logprobs import forward_parameters, logits_to_keep_kwargs, position_ids_from_mask, scale_logits
+from rung.llm.logprobs import (
+    cache_argument,
+    logits_to_keep_kwargs,
+    position_ids_from_mask,
+    prefill_shared,
+    scale_logits,
+)
 
 
 @dataclass
@@ -77,8 +86,20 @@ def sample_next(
             drop_sorted = probs.cumsum(-1) - probs >= top_p
             drop = drop_sorted.scatter(-1, order, drop_sorted)
             filtered = filtered.masked_fill(drop, float("-inf"))
-        tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
+        tokens = _draw(torch.softmax(filtered, dim=-1), generator)
     return tokens, logp_all.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of (B, V) probabilities, by inverting the cumulative distribution at a
+    uniform draw. It is the same distribution as torch.multinomial and, over a 49k-token
+    vocabulary, about ten times cheaper (multinomial draws an exponential for every entry). The
+    sum runs in float64 so that tokens of probability ~1e-8 keep their share."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device, generator=generator)
+    # right=True: the first index whose cdf exceeds u, so a zero-probability token is never drawn.
+    index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    return index.clamp_(max=probs.shape[-1] - 1)
 
 
 def _encode_prompts(tokenizer: Any, prompts: list[str] | list[list[int]], pad_id: int, device) -> tuple:
@@ -162,15 +183,18 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, top
     # Decoding the last few tokens is enough to see a stop string that the newest token completed.
     window = 4 * max((len(s) for s in stop), default=0) + 4
 
-    # transformers >= 5.x names the KV cache `cache`; earlier versions `past_key_values`.
-    cache_arg = "cache" if "cache" in forward_parameters(model) else "past_key_values"
-
+    cache_arg = cache_argument(model)
     attn = prompt_mask.long()
-    out = model(
-        input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask),
-        use_cache=True, **logits_to_keep_kwargs(model, 1),
-    )  # fmt: skip
     pos = attn.sum(-1, keepdim=True) - 1  # (B, 1) position of each row's last prompt token
+    shared = prefill_shared(model, prompt_ids, prompt_mask)  # one prompt forward per group of repeats
+    if shared is not None:
+        out = model(input_ids=prompt_ids[:, -1:], attention_mask=attn, position_ids=pos, use_cache=True,
+                    **{cache_arg: shared})
+    else:
+        out = model(
+            input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask),
+            use_cache=True, **logits_to_keep_kwargs(model, 1),
+        )  # fmt: skip
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stopped = [False] * B
     tokens_out, logps_out, masks_out = [], [], []
