@@ -47,6 +47,12 @@ class BaseConfig:
         """The step count the run trains for, on its own step axis."""
         raise NotImplementedError
 
+    @property
+    def solved_threshold(self) -> float | None:
+        """The evaluation return that counts as solved, or None for a run judged otherwise
+        (language-model runs report their task's accuracy instead)."""
+        return None
+
     def validate(self) -> None:
         positive(self, "checkpoint_every", "log_every")
         non_negative(self, "seed", "torch_threads")
@@ -86,6 +92,12 @@ class RunConfig(BaseConfig):
     @property
     def budget(self) -> int:
         return self.total_timesteps
+
+    @property
+    def solved_threshold(self) -> float | None:
+        from rung.envs.make import env_threshold
+
+        return self.target_return if self.target_return is not None else env_threshold(self.env)
 
     def validate(self) -> None:
         super().validate()

@@ -29,9 +29,9 @@ import yaml
 
 import rung
 from rung import checkpoint, seeding
-from rung.config import BaseConfig, RunConfig, to_dict
+from rung.config import BaseConfig, to_dict
 from rung.distributed import ddp
-from rung.envs.make import env_threshold, make_env
+from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.logging.logger import Logger
 from rung.logging.plots import plot_curve
@@ -142,9 +142,7 @@ class Run:
         self.run_dir = run_dir
         self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
         start_step = self.ckpt["step"] if self.ckpt else 0
-        # Env runs only: language-model runs judge themselves by their task's accuracy.
-        self.threshold = None if not isinstance(cfg, RunConfig) else \
-            cfg.target_return if cfg.target_return is not None else env_threshold(cfg.env)
+        self.threshold = cfg.solved_threshold
         self.logger = Logger(run_dir, cfg.budget, start_step=start_step, enabled=self.dist.is_main)
         self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
                                            "solved_at_seconds": None}
