@@ -29,6 +29,11 @@ wrapped in the same chat template and scored by the same task reward) and use th
     the same torch thread count (--threads), set in each child before anything runs
 
 Not matched, because one side has no such switch:
+  - rung runs each prompt's forward once per group, in sampling and in the update, and hands the
+    group's completions a copy of its key/value cache (rung.llm.logprobs.prefill_shared); TRL runs
+    the prompt once per completion. It draws tokens by inverting the cumulative distribution, TRL
+    (through transformers' generate) with torch.multinomial. These are where most of rung's lead
+    comes from; neither changes what is computed beyond float rounding.
   - TRL computes each token's entropy in its training forward (its fused lm-head path always asks for
     it) and writes its metrics to an in-memory dict every step; its logging to the console and disk
     is off (logging_strategy "no", report_to "none", no saving, no evaluation).

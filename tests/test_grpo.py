@@ -37,6 +37,18 @@ def test_grpo_teaches_a_two_layer_gpt_to_say_the_target_token(tmp_path):
     assert (result.run_dir / "curve.png").exists()
 
 
+@pytest.mark.parametrize("targets, adapted", [("all-linear", {"c_attn", "c_proj", "c_fc"}), ("c_attn", {"c_attn"})])
+def test_lora_adapts_the_chosen_layers_and_nothing_else_moves(tmp_path, targets, adapted):
+    cfg = tiny_cfg(tmp_path / "run", total_steps=2, lora_r=4, lora_targets=targets)
+    model = grpo.make_agent(cfg)[0]
+    names = {n.split(".")[-4] for n, p in model.named_parameters() if p.requires_grad}
+    assert names == adapted and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = weights(grpo.train(cfg).run_dir)
+    moved = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved and all("lora_" in k for k in moved)
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
 def test_micro_batch_size_does_not_change_the_update(tmp_path, aggregation):
     # Target "t": about one in ten of the untrained model's responses starts with it, so the first

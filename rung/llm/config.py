@@ -51,6 +51,9 @@ class LLMConfig(BaseConfig):
     """LoRA rank (0: fine-tune every weight)."""
     lora_alpha: float = 16.0
     """LoRA scale numerator (the update is scaled by alpha / r)."""
+    lora_targets: str = "all-linear"
+    """Layers LoRA adapts: all-linear (every linear layer but the output head), default (peft's
+    choice for the architecture, attention only for most), or comma-separated module names."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights' dtype; log-probs and losses are computed in float32 either way."""
     eval_every: int = 10
@@ -110,6 +113,9 @@ def load_policy(cfg: LLMConfig, device: torch.device) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg`: LoRA-wrapped when lora_r > 0, in train mode (dropout stays off)."""
     from rung.llm.models import LoraConfig, load_model
 
-    lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha) if cfg.lora_r > 0 else None
+    targets = {"default": None, "all-linear": "all-linear"}.get(cfg.lora_targets)
+    if targets is None and cfg.lora_targets != "default":
+        targets = tuple(name.strip() for name in cfg.lora_targets.split(",") if name.strip())
+    lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=targets) if cfg.lora_r > 0 else None
     model, tokenizer = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype], lora=lora)
     return model.train(), tokenizer
