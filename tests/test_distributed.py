@@ -73,6 +73,65 @@ def test_two_process_gradient_equals_one_process_on_concatenated_batch(discrete)
         torch.testing.assert_close(per_rank[1][name], per_rank[0][name], rtol=0, atol=0)
 
 
+def llm_gradients(rollout, advantages, world: int, aggregation: str) -> dict[str, torch.Tensor]:
+    from rung.algos import grpo
+    from rung.llm.models import load_model
+
+    model = load_model("tiny-gpt")[0]
+    cfg = grpo.Config(model="tiny-gpt", task="target_token", micro_batch_size=3, loss_aggregation=aggregation,
+                      max_new_tokens=rollout.response_ids.shape[1])
+    grpo.accumulate_gradients(model, rollout, advantages, cfg, world)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if world > 1:
+        ddp.all_reduce_grads(params)
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def llm_worker(rank: int, port: int, path: str, aggregation: str, out: dict) -> None:
+    from dataclasses import fields, replace
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    rollout, advantages = torch.load(path, weights_only=False)
+    half = slice(rank * 4, rank * 4 + 4)
+    shard = replace(rollout, **{f.name: getattr(rollout, f.name)[half] for f in fields(rollout)
+                                if isinstance(getattr(rollout, f.name), torch.Tensor)})
+    out[rank] = llm_gradients(shard, advantages[half], 2, aggregation)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant"])
+def test_grpo_gradient_on_two_processes_equals_one_process(tmp_path, aggregation):
+    pytest.importorskip("transformers")
+    from rung.llm.generation import generate_grouped
+    from rung.llm.models import load_model
+
+    model, tok = load_model("tiny-gpt")
+    # Two prompts x 4 samples, rank 0 gets the first group, rank 1 the second; eos made likely so
+    # that the two halves hold different numbers of tokens (local normalisers would then differ).
+    bias = torch.zeros(len(tok))
+    bias[tok.eos_token_id] = 2.5
+    handle = model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    try:
+        rollout = generate_grouped(model, tok, ["What is 3 + 4?", "1 * 2"], 4, max_new_tokens=12, seed=0)
+    finally:
+        handle.remove()
+    counts = rollout.response_mask.sum(1)
+    assert counts[:4].sum() != counts[4:].sum()
+    advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    single = llm_gradients(rollout, advantages, 1, aggregation)
+    path = tmp_path / "rollout.pt"
+    torch.save((rollout, advantages), path)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(llm_worker, args=(free_port(), str(path), aggregation, out), nprocs=2, join=True)
+        per_rank = dict(out)
+    for name, g in single.items():
+        torch.testing.assert_close(per_rank[0][name], g, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(per_rank[1][name], per_rank[0][name], rtol=0, atol=0)
+
+
 def test_torchrun_two_processes_trains_and_only_rank0_writes(tmp_path):
     torchrun = shutil.which("torchrun")
     if torchrun is None:

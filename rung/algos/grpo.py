@@ -79,6 +79,42 @@ def make_agent(cfg: Config, device: torch.device | str = "cpu"):
     return load_policy(cfg, torch.device(device))
 
 
+def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config, world: int,
+                         old_logprobs: torch.Tensor | None = None,
+                         ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
+    """Backward of one pass of the loss over this process's rollout, `cfg.micro_batch_size` rows
+    at a time, adding into the parameters' .grad; returns the pass's loss statistics (each already
+    divided by `cfg.update_epochs`). Old log-probs default to the current ones (ratio 1), the
+    KL term is left out without reference log-probs.
+
+    Every micro-batch on every process divides by the whole batch's token and sequence counts
+    over all `world` processes, and the loss is multiplied by `world` to undo DDP's gradient
+    average, so neither the micro-batch size nor the number of processes changes the gradient."""
+    mask = rollout.response_mask
+    num_tokens, num_sequences = global_counts(mask, world)
+    stats: dict[str, float] = Counter()
+    for i in range(0, mask.shape[0], cfg.micro_batch_size):
+        rows = slice(i, i + cfg.micro_batch_size)
+        logp = token_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                              rollout.response_ids[rows], mask[rows], temperature=cfg.temperature)
+        old = logp.detach() if old_logprobs is None else old_logprobs[rows]
+        per_token, pg_stats = clipped_token_pg_loss(logp, old, advantages[rows], mask[rows],
+                                                    clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+        if ref_logprobs is not None:
+            kl = kl_penalty(logp, ref_logprobs[rows], "k3", mask=mask[rows])
+            per_token = per_token + cfg.kl_coef * kl
+            stats["llm/kl"] += float(masked_aggregate(kl.detach(), mask[rows], "token_mean",
+                                                      num_tokens=num_tokens / world)) / cfg.update_epochs
+        loss = world * masked_aggregate(per_token, mask[rows], cfg.loss_aggregation, num_tokens=num_tokens,
+                                        num_sequences=num_sequences, max_tokens=cfg.max_new_tokens)
+        loss.backward()
+        share = float(mask[rows].sum()) / float(num_tokens / world) / cfg.update_epochs
+        stats["losses/policy"] += float(loss.detach()) / world / cfg.update_epochs
+        for k in ("clipfrac", "approx_kl"):
+            stats[f"losses/{k}"] += float(pg_stats[k]) * share
+    return stats
+
+
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("grpo", cfg, resume=resume, force=force)
     device, world = run.device, run.dist.world_size
@@ -99,10 +135,6 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
         mask = rollout.response_mask
         B = mask.shape[0]
-        # Global normalisers: the loss of every micro-batch on every rank divides by the whole
-        # batch's counts, and DDP's gradient average is undone by multiplying by the world size.
-        num_tokens, num_sequences = global_counts(mask, world)
-
         ref_logprobs = old_logprobs = None
         with torch.no_grad():
             if reference is not None:
@@ -113,31 +145,14 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         stats: dict[str, float] = Counter()
         for _epoch in range(cfg.update_epochs):
             optimizer.zero_grad(set_to_none=True)
-            for i in range(0, B, cfg.micro_batch_size):
-                rows = slice(i, i + cfg.micro_batch_size)
-                logp = token_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                                      rollout.response_ids[rows], mask[rows], temperature=cfg.temperature)
-                old = logp.detach() if old_logprobs is None else old_logprobs[rows]
-                per_token, pg_stats = clipped_token_pg_loss(logp, old, advantages[rows], mask[rows],
-                                                            clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-                if ref_logprobs is not None:
-                    kl = kl_penalty(logp, ref_logprobs[rows], "k3", mask=mask[rows])
-                    per_token = per_token + cfg.kl_coef * kl
-                    stats["llm/kl"] += float(masked_aggregate(kl.detach(), mask[rows], "token_mean",
-                                                              num_tokens=num_tokens / world))
-                loss = world * masked_aggregate(per_token, mask[rows], cfg.loss_aggregation, num_tokens=num_tokens,
-                                                num_sequences=num_sequences, max_tokens=cfg.max_new_tokens)
-                loss.backward()
-                share = float(mask[rows].sum()) / float(num_tokens / world) / cfg.update_epochs
-                stats["losses/policy"] += float(loss.detach()) / world / cfg.update_epochs
-                for k in ("clipfrac", "approx_kl"):
-                    stats[f"losses/{k}"] += float(pg_stats[k]) * share
+            stats.update(accumulate_gradients(model, rollout, advantages, cfg, world, old_logprobs, ref_logprobs))
             norm = training.step(world, cfg.max_grad_norm)
             if norm is not None:
                 stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
-        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": float(num_tokens),
+        num_tokens = float(global_counts(mask, world)[0])
+        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": num_tokens,
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
         run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
