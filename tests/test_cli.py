@@ -43,6 +43,14 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert err.count("\n") == 1 and err.startswith("rung: error: ")
 
 
+@pytest.mark.parametrize("env", ["CartPol-v1", "batched/CartPol-v1"])
+def test_a_mistyped_env_leaves_no_run_folder(capsys, tmp_path, monkeypatch, env):
+    monkeypatch.chdir(tmp_path)  # the default run folder is ./runs/...
+    code, _, err = run_cli(capsys, "train", "ppo", "--env", env)
+    assert code == 2 and "did you mean" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_existing_run_dir_is_not_overwritten_without_force(capsys, tmp_path):
     d = tmp_path / "r"
     d.mkdir()

@@ -21,12 +21,17 @@ ENVS: dict[str, type[BatchedEnv]] = {cls.name: cls for cls in (CartPole, Acrobot
 
 def make(name: str, num_envs: int, device: torch.device | str = "cpu", seed: int = 0, **kwargs: Any) -> BatchedEnv:
     """A batched env by gymnasium id, with or without the `batched/` prefix."""
+    check_name(name)
+    return ENVS[name.removeprefix(PREFIX)](num_envs, seed, device, **kwargs)
+
+
+def check_name(name: str) -> None:
+    """A one-line UserError for a name with no batched env, naming the closest one."""
     key = name.removeprefix(PREFIX)
     if key not in ENVS:
         close = difflib.get_close_matches(key, list(ENVS), n=1)
         hint = f"did you mean {PREFIX}{close[0]}?" if close else f"choose one of {', '.join(PREFIX + k for k in ENVS)}"
         raise UserError(f"unknown batched environment {name!r}; {hint}")
-    return ENVS[key](num_envs, seed, device, **kwargs)
 
 
 def parse_randomize(spec: str) -> dict[str, tuple[float, float]]:
