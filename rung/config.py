@@ -115,11 +115,12 @@ class RunConfig(BaseConfig):
         if self.target_success_rate is not None:
             in_range(self, "target_success_rate", 0.0, 1.0)
         if self.randomize:
-            from rung.envs.batched import parse_randomize
+            from rung.envs.batched import ENVS, PREFIX, parse_randomize
 
-            parse_randomize(self.randomize)
-            if not self.env.startswith("batched/"):
+            ranges = parse_randomize(self.randomize)
+            if not self.env.startswith(PREFIX):
                 raise UserError(f"--randomize needs a batched env such as batched/{self.env}; {self.env} is a gymnasium env")
+            ENVS[self.env.removeprefix(PREFIX)].check_randomize(ranges)
 
 
 def positive(cfg: Any, *names: str) -> None:

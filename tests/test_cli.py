@@ -43,11 +43,13 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert err.count("\n") == 1 and err.startswith("rung: error: ")
 
 
-@pytest.mark.parametrize("env", ["CartPol-v1", "batched/CartPol-v1"])
-def test_a_mistyped_env_leaves_no_run_folder(capsys, tmp_path, monkeypatch, env):
+@pytest.mark.parametrize("flags, message", [(["--env", "CartPol-v1"], "did you mean"),
+                                            (["--env", "batched/CartPol-v1"], "did you mean"),
+                                            (["--env", "batched/CartPole-v1", "--randomize", "mass=1:2"], "has no parameter")])
+def test_a_mistyped_env_or_parameter_leaves_no_run_folder(capsys, tmp_path, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)  # the default run folder is ./runs/...
-    code, _, err = run_cli(capsys, "train", "ppo", "--env", env)
-    assert code == 2 and "did you mean" in err
+    code, _, err = run_cli(capsys, "train", "ppo", *flags)
+    assert code == 2 and message in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -42,6 +42,15 @@ class BatchedEnv:
 
     # -- shared machinery ----------------------------------------------------------------------
 
+    @classmethod
+    def check_randomize(cls, randomize: dict[str, tuple[float, float]]) -> None:
+        """A one-line UserError for a parameter this env does not have or a range with low > high."""
+        for key, (low, high) in randomize.items():
+            if key not in cls.PARAMS:
+                raise UserError(f"batched/{cls.name} has no parameter {key!r} to randomise; it has {', '.join(cls.PARAMS)}")
+            if not low <= high:
+                raise UserError(f"randomisation range for {key} must be low:high with low <= high, got {low}:{high}")
+
     def __init__(self, num_envs: int, seed: int = 0, device: torch.device | str = "cpu", *,
                  dtype: torch.dtype = torch.float32, randomize: dict[str, tuple[float, float]] | None = None,
                  normalize_obs: bool = False, normalize_reward: bool = False, gamma: float = 0.99,
@@ -51,11 +60,7 @@ class BatchedEnv:
         self.obs_shape = (self.obs_dim,)
         self.env_id = f"batched/{self.name}"
         self.randomize = dict(randomize or {})
-        for key, (low, high) in self.randomize.items():
-            if key not in self.PARAMS:
-                raise UserError(f"{self.env_id} has no parameter {key!r} to randomise; it has {', '.join(self.PARAMS)}")
-            if not low <= high:
-                raise UserError(f"randomisation range for {key} must be low:high with low <= high, got {low}:{high}")
+        self.check_randomize(self.randomize)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.params = {k: torch.full((num_envs,), v, dtype=dtype, device=self.device) for k, v in self.PARAMS.items()}
