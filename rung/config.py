@@ -104,14 +104,9 @@ class RunConfig(BaseConfig):
         positive(self, "total_timesteps", "eval_episodes")
         non_negative(self, "eval_every")
         # Here, before Run creates the run folder: a mistyped id must not leave an empty run behind.
-        if self.env.startswith("batched/"):
-            from rung.envs.batched import check_name
+        from rung.envs.make import check_env_id
 
-            check_name(self.env)
-        else:
-            from rung.envs.make import check_env_id
-
-            check_env_id(self.env)
+        check_env_id(self.env)
         if self.target_success_rate is not None:
             in_range(self, "target_success_rate", 0.0, 1.0)
         if self.randomize:

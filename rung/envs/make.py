@@ -59,6 +59,12 @@ def _register_robotics(env_id: str) -> None:
 
 
 def check_env_id(env_id: str) -> None:
+    """A one-line UserError for an id that names no env, gymnasium or `batched/`, with the closest match."""
+    if env_id.startswith("batched/"):
+        from rung.envs import batched
+
+        batched.check_name(env_id)
+        return
     try:
         gym.spec(env_id)
         return
