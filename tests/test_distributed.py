@@ -80,7 +80,9 @@ def llm_gradients(rollout, advantages, world: int, aggregation: str) -> dict[str
     model = load_model("tiny-gpt")[0]
     cfg = grpo.Config(model="tiny-gpt", task="target_token", micro_batch_size=3, loss_aggregation=aggregation,
                       max_new_tokens=rollout.response_ids.shape[1])
-    grpo.accumulate_gradients(model, rollout, advantages, cfg, world)
+    from rung.llm.loop import global_counts
+
+    grpo.accumulate_gradients(model, rollout, advantages, cfg, global_counts(rollout.response_mask, world), world)
     params = [p for p in model.parameters() if p.requires_grad]
     if world > 1:
         ddp.all_reduce_grads(params)

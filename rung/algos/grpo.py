@@ -79,7 +79,8 @@ def make_agent(cfg: Config, device: torch.device | str = "cpu"):
     return load_policy(cfg, torch.device(device))
 
 
-def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config, world: int,
+def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config,
+                         counts: tuple[torch.Tensor, torch.Tensor], world: int,
                          old_logprobs: torch.Tensor | None = None,
                          ref_logprobs: torch.Tensor | None = None) -> dict[str, float]:
     """Backward of one pass of the loss over this process's rollout, `cfg.micro_batch_size` rows
@@ -87,11 +88,11 @@ def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config, 
     divided by `cfg.update_epochs`). Old log-probs default to the current ones (ratio 1), the
     KL term is left out without reference log-probs.
 
-    Every micro-batch on every process divides by the whole batch's token and sequence counts
-    over all `world` processes, and the loss is multiplied by `world` to undo DDP's gradient
+    Every micro-batch on every process divides by `counts`, the whole batch's (tokens, sequences)
+    over all `world` processes (`global_counts`), and the loss is multiplied by `world` to undo DDP's gradient
     average, so neither the micro-batch size nor the number of processes changes the gradient."""
     mask = rollout.response_mask
-    num_tokens, num_sequences = global_counts(mask, world)
+    num_tokens, num_sequences = counts
     stats: dict[str, float] = Counter()
     for i in range(0, mask.shape[0], cfg.micro_batch_size):
         rows = slice(i, i + cfg.micro_batch_size)
@@ -135,6 +136,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
         mask = rollout.response_mask
         B = mask.shape[0]
+        counts = global_counts(mask, world)
         ref_logprobs = old_logprobs = None
         with torch.no_grad():
             if reference is not None:
@@ -145,14 +147,14 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         stats: dict[str, float] = Counter()
         for _epoch in range(cfg.update_epochs):
             optimizer.zero_grad(set_to_none=True)
-            stats.update(accumulate_gradients(model, rollout, advantages, cfg, world, old_logprobs, ref_logprobs))
+            stats.update(accumulate_gradients(model, rollout, advantages, cfg, counts, world, old_logprobs,
+                                              ref_logprobs))
             norm = training.step(world, cfg.max_grad_norm)
             if norm is not None:
                 stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
-        num_tokens = float(global_counts(mask, world)[0])
-        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": num_tokens,
+        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": float(counts[0]),
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
         run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
