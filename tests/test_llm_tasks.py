@@ -112,6 +112,23 @@ def test_math_scorer_is_strict_where_reasoning_gym_gives_partial_credit():
     assert get_task("chain_sum", scorer="math").reward(example, "#### 14") == (1.0, "ok")
 
 
+@pytest.mark.parametrize("expression, solution", [
+    ("6 + 0 - 1", "6 + 0 = 6\n6 - 1 = 5\n#### 5"),
+    ("4 - 5 - 3", "4 - 5 = -1\n-1 - 3 = -4\n#### -4"),
+    ("23 - 60", "23 - 60 = -37\n#### -37"),
+])
+def test_chain_sum_solutions_work_left_to_right_by_hand(expression, solution):
+    from rung.llm.tasks import chain_sum_solution
+    assert chain_sum_solution(expression) == solution
+
+
+@pytest.mark.parametrize("expression", ["7", "3 * 4", "1 +", "2 + 3 4"])
+def test_chain_sum_solution_refuses_what_is_not_a_chain_sum(expression):
+    from rung.llm.tasks import chain_sum_solution
+    with pytest.raises(ValueError, match="not a chain sum"):
+        chain_sum_solution(expression)
+
+
 def test_a_split_the_generator_never_reaches_is_a_user_error_not_a_hang(monkeypatch):
     from rung.llm import tasks as tasks_module
     task = get_task("chain_sum")

@@ -146,3 +146,37 @@ def test_reference_answers_are_written_as_the_task_grades_them(task, options):
 def test_listed(capsys):
     assert main(["list"]) == 0
     assert "sft" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_a_run_folder_is_the_model_of_the_next_run(tmp_path, lora_r):
+    # The SFT -> GRPO hand-over: `--model RUN_DIR` is the run's trained policy (LoRA merged), so
+    # the next run's held-out score before training is the first run's score after it.
+    from rung.algos import grpo
+    from rung.llm.models import load_model
+
+    first = sft.train(tiny_cfg(tmp_path / "sft", total_steps=2, lora_r=lora_r, learning_rate=3e-2 if lora_r else 3e-3))
+    assert first.summary["eval_accuracy_before"] == 0.0 and first.summary["eval_accuracy_after"] == 1.0
+    model, _ = load_model(str(first.run_dir))
+    assert not any("lora_" in name for name, _ in model.named_parameters())
+    trained = sft.make_agent(tiny_cfg(tmp_path / "x", lora_r=lora_r))[0]
+    trained.load_state_dict(weights(first.run_dir))
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+    cfg = grpo.Config(model=str(first.run_dir), task="target_token", task_options="target=A", chat_template=False,
+                      max_new_tokens=4, eval_prompts=8, eval_every=0, total_steps=1, batch_size=2,
+                      num_generations=2, run_dir=str(tmp_path / "grpo"))
+    assert grpo.train(cfg).summary["eval_accuracy_before"] == 1.0
+
+
+def test_a_run_folder_of_an_env_algorithm_is_not_a_model(tmp_path):
+    from rung import checkpoint
+    from rung.llm.models import load_model
+
+    (tmp_path / "ppo" / "checkpoints").mkdir(parents=True)
+    checkpoint.save_atomic({"format": checkpoint.FORMAT, "algo": "ppo", "config": {"env": "CartPole-v1"}},
+                           tmp_path / "ppo" / "checkpoints" / "latest.pt")
+    with pytest.raises(UserError, match="is a ppo run on CartPole-v1, not a language-model run"):
+        load_model(str(tmp_path / "ppo"))

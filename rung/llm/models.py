@@ -8,6 +8,10 @@ on a small built-in corpus, for tests and toy tasks: it knows no language. `smal
 small recurrent model for the toy text tasks (rung.llm.small), which also reads the folders its
 `save_small` writes.
 
+A rung run folder of a language-model algorithm (`runs/sft/...`) also names a model: the one the
+run started from with the run's trained weights from `checkpoints/latest.pt`, LoRA adapters merged
+into the base, so an SFT warm-up hands its policy to GRPO with `--model RUN_DIR`.
+
 Dropout is switched off in every loaded model (LoRA's own dropout excepted): an RL update needs the
 log-probs it recomputes to equal those recorded at sampling, which dropout would break.
 """
@@ -54,6 +58,16 @@ class LoraConfig:
     target_modules: tuple[str, ...] | str | None = None
     """Module names to adapt, "all-linear", or None for peft's default for the architecture."""
 
+    @classmethod
+    def from_flags(cls, r: int, alpha: float, targets: str) -> LoraConfig | None:
+        """The adapters of --lora-r/--lora-alpha/--lora-targets (targets: "all-linear", "default"
+        for peft's choice, or comma-separated module names); None when r is 0."""
+        if r <= 0:
+            return None
+        names = {"default": None, "all-linear": "all-linear"}
+        modules = names[targets] if targets in names else tuple(t.strip() for t in targets.split(",") if t.strip())
+        return cls(r=r, alpha=alpha, target_modules=modules)
+
 
 def load_model(
     name_or_path: str,
@@ -80,6 +94,8 @@ def load_model(
     elif name_or_path == "tiny-gpt":
         tokenizer = tiny_tokenizer()
         model = tiny_gpt(tokenizer)
+    elif is_run_folder(name_or_path):
+        model, tokenizer = _load_run(Path(name_or_path), cache_dir)
     elif small.is_small(name_or_path):
         if lora is not None:  # peft wraps transformers models only; a 0.2M-parameter model has no need of it
             raise UserError(f"LoRA does not apply to rung's small model ({name_or_path}); fine-tune every weight (lora_r 0)")
@@ -97,6 +113,33 @@ def load_model(
     if lora is not None:
         model = _wrap_lora(model, lora)
     return model.eval(), tokenizer
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder that `rung train` wrote a checkpoint into."""
+    return (Path(path).expanduser() / "checkpoints" / "latest.pt").is_file()
+
+
+def _load_run(folder: Path, cache_dir: str | os.PathLike | None) -> tuple[Any, Any]:
+    """The policy a language-model run trained: its starting model with the checkpoint's weights,
+    LoRA merged (a run can start from a run, so this recurses down the chain)."""
+    from rung import checkpoint
+
+    ckpt = checkpoint.load(folder.expanduser() / "checkpoints" / "latest.pt")
+    cfg = ckpt["config"]
+    if "model" not in cfg or "lora_r" not in cfg:
+        raise UserError(f"{folder} is a {ckpt['algo']} run on {cfg.get('env', 'an env')}, not a language-model run; "
+                        "--model takes a run of sft, grpo, reinforce_llm or ppo_llm")
+    if Path(cfg["model"]).expanduser().resolve() == folder.expanduser().resolve():
+        raise UserError(f"{folder} names itself as its model; it cannot be loaded")
+    lora = LoraConfig.from_flags(cfg["lora_r"], cfg["lora_alpha"], cfg.get("lora_targets", "all-linear"))
+    model, tokenizer = load_model(cfg["model"], lora=lora, cache_dir=cache_dir)
+    model.load_state_dict(ckpt["model"])
+    if lora is not None:
+        # peft froze the base for the source run; the merged weights are this run's to train.
+        model = model.merge_and_unload().requires_grad_(True)
+    log.info("loaded %s: %s after %d steps of %s", folder, cfg["model"], ckpt["step"], ckpt["algo"])
+    return model, tokenizer
 
 
 def _load_pretrained(name: str) -> tuple[Any, Any]:

@@ -131,7 +131,10 @@ class ReasoningGymTask:
                 return out
             entry = dataset[i]
             if (_digest(entry["question"]) % 5 == 0) == (split == "test"):
-                out.append(Example(MATH_PROMPT.format(question=entry["question"]), entry["answer"], {"entry": entry}))
+                meta = {"entry": entry}
+                if self._dataset == "chain_sum":
+                    meta["solution"] = chain_sum_solution(entry["metadata"]["expression"])
+                out.append(Example(MATH_PROMPT.format(question=entry["question"]), entry["answer"], meta))
         raise UserError(f"task '{self.name}' found only {len(out)} of the {n} {split} prompts asked in {limit} draws; "
                         "ask for fewer or widen its options")
 
@@ -147,6 +150,21 @@ class ReasoningGymTask:
             canonical = extracted if number is None else str(int(number)) if number.is_integer() else repr(number)
             value = float(self._scorer.score_answer(canonical, example.meta["entry"]))
         return value, "ok" if value >= self.max_reward else "wrong"
+
+
+def chain_sum_solution(expression: str) -> str:
+    """A worked solution of a chain sum such as "6 + 0 - 1", one operation a line, left to right,
+    ending on the "####" line MATH_PROMPT asks for: "6 + 0 = 6\n6 - 1 = 5\n#### 5". What SFT
+    imitates for chain_sum, so that the model adds one pair at a time rather than guessing the total."""
+    tokens = expression.split()
+    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in "+-" for op in tokens[1::2]):
+        raise ValueError(f"not a chain sum: {expression!r}")
+    total, lines = int(tokens[0]), []
+    for op, term in zip(tokens[1::2], tokens[2::2]):
+        new = total + int(term) if op == "+" else total - int(term)
+        lines.append(f"{total} {op} {term} = {new}")
+        total = new
+    return "\n".join(lines) + f"\n#### {total}"
 
 
 class SentimentTask:
