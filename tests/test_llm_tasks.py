@@ -178,3 +178,20 @@ def test_target_token_has_one_fixed_prompt():
     task = get_task("target_token", target="7", prompt="Say it:")
     examples = task.prompts("train", 5, seed=0) + task.prompts("test", 5, seed=9)
     assert {e.prompt for e in examples} == {"Say it:"} and {e.answer for e in examples} == {"7"}
+
+
+def test_worked_sums_recipe_writes_train_problems_with_full_marks(tmp_path):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "llm" / "worked_sums.py"
+    out = tmp_path / "sums.jsonl"
+    subprocess.run([sys.executable, str(script), "-o", str(out), "--examples", "30"], check=True, capture_output=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    task = get_task("chain_sum", min_terms=2, max_terms=3, min_digits=1, max_digits=2, scorer="math")
+    test_prompts = {e.prompt for e in task.prompts("test", 200, 0)}
+    assert len(rows) == 30 and not {r["prompt"] for r in rows} & test_prompts
+    for r in rows:
+        example = next(e for e in task.prompts("train", 30, 12345) if e.prompt == r["prompt"])
+        assert task.reward(example, r["response"]) == (1.0, "ok")
