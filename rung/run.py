@@ -8,6 +8,7 @@ Run folder contract (tools read it):
     checkpoints/latest.pt  everything needed to resume; checkpoints/best.pt the best-evaluated policy
     curve.png          return against env steps and against wall-clock
     summary.json       final evaluation, solved threshold, when it was first reached
+    eval_samples/      language-model runs: the held-out responses of each evaluation (rung.llm.loop)
 """
 
 from __future__ import annotations

@@ -180,3 +180,16 @@ def test_a_run_folder_of_an_env_algorithm_is_not_a_model(tmp_path):
                            tmp_path / "ppo" / "checkpoints" / "latest.pt")
     with pytest.raises(UserError, match="is a ppo run on CartPole-v1, not a language-model run"):
         load_model(str(tmp_path / "ppo"))
+
+
+def test_held_out_responses_are_written_beside_the_figures(tmp_path):
+    import json
+
+    result = sft.train(tiny_cfg(tmp_path / "run", total_steps=2, eval_every=1))
+    files = sorted(p.name for p in (result.run_dir / "eval_samples").iterdir())
+    assert files == ["step_000000.jsonl", "step_000001.jsonl", "step_000002.jsonl"]
+    for name, key in (("step_000000.jsonl", "eval_accuracy_before"), ("step_000002.jsonl", "eval_accuracy_after")):
+        rows = [json.loads(line) for line in (result.run_dir / "eval_samples" / name).read_text().splitlines()]
+        assert len(rows) == 8 and set(rows[0]) == {"prompt", "answer", "response", "reward", "reason"}
+        assert sum(r["reward"] == 1.0 for r in rows) / 8 == result.summary[key]
+    assert rows[0]["response"].startswith("A") and rows[0]["reason"] == "ok"

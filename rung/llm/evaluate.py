@@ -24,20 +24,24 @@ def prompt_texts(tokenizer: Any, examples: list[Example], chat_template: bool) -
     return [chat_prompt(tokenizer, e.prompt) if chat_template else e.prompt for e in examples]
 
 
+def score_each(task: Task, examples: list[Example], texts: list[str]) -> list[tuple[float, str]]:
+    """(reward, reason) of each of `texts` (response i answers examples[i])."""
+    return [(float(value), reason) for value, reason in
+            (task.reward(example, text) for example, text in zip(examples, texts, strict=True))]
+
+
 def score(task: Task, examples: list[Example], texts: list[str]) -> tuple[torch.Tensor, Counter]:
     """(B,) float32 rewards of `texts` (response i answers examples[i]) and the count of each
     reason the task gave; a reward function never ends a run, whatever the model wrote."""
-    rewards, reasons = [], Counter()
-    for example, text in zip(examples, texts, strict=True):
-        value, reason = task.reward(example, text)
-        rewards.append(float(value))
-        reasons[reason] += 1
-    return torch.tensor(rewards, dtype=torch.float32), reasons
+    scored = score_each(task, examples, texts)
+    return torch.tensor([v for v, _ in scored], dtype=torch.float32), Counter(r for _, r in scored)
 
 
 def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example], *, max_new_tokens: int,
-                  chat_template: bool, batch_size: int = 32) -> dict[str, float]:
-    """Greedy responses to held-out `examples`: {"accuracy", "reward_mean", "response_length"}."""
+                  chat_template: bool, batch_size: int = 32, samples: list[dict] | None = None) -> dict[str, float]:
+    """Greedy responses to held-out `examples`: {"accuracy", "reward_mean", "response_length"}.
+    Where `samples` is given, each response is appended to it as {"prompt", "answer",
+    "response", "reward", "reason"}."""
     was_training = model.training
     model.eval()
     rewards, lengths = [], []
@@ -45,8 +49,12 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example
         chunk = examples[i:i + batch_size]
         rollout = generate(model, tokenizer, prompt_texts(tokenizer, chunk, chat_template),
                            max_new_tokens=max_new_tokens, temperature=0.0)
-        rewards.append(score(task, chunk, rollout.texts)[0])
+        scored = score_each(task, chunk, rollout.texts)
+        rewards.append(torch.tensor([v for v, _ in scored], dtype=torch.float32))
         lengths.append(rollout.response_mask.sum(1).float())
+        if samples is not None:
+            samples.extend({"prompt": e.prompt, "answer": e.answer, "response": text, "reward": v, "reason": reason}
+                           for e, text, (v, reason) in zip(chunk, rollout.texts, scored, strict=True))
     model.train(was_training)
     r = torch.cat(rewards)
     return {"accuracy": float((r >= task.max_reward - 1e-9).float().mean()), "reward_mean": float(r.mean()),

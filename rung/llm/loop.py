@@ -9,6 +9,7 @@ were the blocks that were the same in all of them, moved here by the graduation 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ EVAL_SEED = 0
 class HeldOut:
     """A run's held-out evaluation (greedy, on the task's test split): once before training,
     every `cfg.eval_every` steps, once after, logged as eval/* and reported on the console.
+    What the model wrote goes to `eval_samples/step_<N>.jsonl` in the run folder (prompt,
+    reference answer, response, reward, reason), so a figure can be read back to its responses.
 
     The result before training is kept in `counters["eval_before"]`, which the algorithm puts in
     its checkpoint, so a resumed run neither evaluates again nor reports a different start.
@@ -40,9 +43,14 @@ class HeldOut:
         counters.setdefault("eval_before", None)
         self.examples = task.prompts("test", cfg.eval_prompts, EVAL_SEED)
 
-    def evaluate(self) -> dict[str, float]:
-        return evaluate_task(self.model, self.tokenizer, self.task, self.examples,
-                             max_new_tokens=self.cfg.max_new_tokens, chat_template=self.cfg.chat_template)
+    def evaluate(self, step: int) -> dict[str, float]:
+        samples: list[dict] = []
+        result = evaluate_task(self.model, self.tokenizer, self.task, self.examples, samples=samples,
+                               max_new_tokens=self.cfg.max_new_tokens, chat_template=self.cfg.chat_template)
+        folder = self.run.run_dir / "eval_samples"
+        folder.mkdir(exist_ok=True)
+        (folder / f"step_{step:06d}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        return result
 
     def before(self) -> None:
         """Evaluate the starting policy unless a checkpoint already holds that result; call after
@@ -50,7 +58,7 @@ class HeldOut:
         run = self.run
         if self.counters["eval_before"] is not None or not run.dist.is_main:
             return
-        result = self.counters["eval_before"] = self.evaluate()
+        result = self.counters["eval_before"] = self.evaluate(0)
         run.logger.log(0, 0.0, {f"eval/{k}": v for k, v in result.items()})
         run.logger.info(f"held-out before training: accuracy {result['accuracy']:.3f}, "
                         f"reward {result['reward_mean']:.3f} over {len(self.examples)} prompts")
@@ -61,7 +69,7 @@ class HeldOut:
         run, every = self.run, self.cfg.eval_every
         if not run.dist.is_main or every <= 0 or step % every or step >= total_steps:
             return
-        result = self.evaluate()
+        result = self.evaluate(step)
         run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in result.items()})
         run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}  reward {result['reward_mean']:.3f}"
                         f"  ({train_note + ', ' if train_note else ''}{run.wall:6.1f} s)")
@@ -69,7 +77,7 @@ class HeldOut:
     def after(self, step: int) -> dict[str, Any]:
         """Evaluate the trained policy; returns the summary.json fields (before and after)."""
         run, cfg = self.run, self.cfg
-        after = self.evaluate() if run.dist.is_main else {}
+        after = self.evaluate(step) if run.dist.is_main else {}
         before = self.counters["eval_before"] or {}
         if run.dist.is_main:
             run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in after.items()})
