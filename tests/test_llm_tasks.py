@@ -122,7 +122,7 @@ def test_chain_sum_solutions_work_left_to_right_by_hand(expression, solution):
     assert chain_sum_solution(expression) == solution
 
 
-@pytest.mark.parametrize("expression", ["7", "3 * 4", "1 +", "2 + 3 4"])
+@pytest.mark.parametrize("expression", ["7", "3 * 4", "1 +", "2 + 3 4", "1 +- 2"])
 def test_chain_sum_solution_refuses_what_is_not_a_chain_sum(expression):
     from rung.llm.tasks import chain_sum_solution
     with pytest.raises(ValueError, match="not a chain sum"):

@@ -157,7 +157,7 @@ def chain_sum_solution(expression: str) -> str:
     ending on the "####" line MATH_PROMPT asks for: "6 + 0 = 6\n6 - 1 = 5\n#### 5". What SFT
     imitates for chain_sum, so that the model adds one pair at a time rather than guessing the total."""
     tokens = expression.split()
-    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in "+-" for op in tokens[1::2]):
+    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in ("+", "-") for op in tokens[1::2]):
         raise ValueError(f"not a chain sum: {expression!r}")
     total, lines = int(tokens[0]), []
     for op, term in zip(tokens[1::2], tokens[2::2]):
