@@ -44,18 +44,19 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example
     "response", "reward", "reason"}."""
     was_training = model.training
     model.eval()
-    rewards, lengths = [], []
+    scored: list[tuple[float, str]] = []
+    lengths = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         rollout = generate(model, tokenizer, prompt_texts(tokenizer, chunk, chat_template),
                            max_new_tokens=max_new_tokens, temperature=0.0)
-        scored = score_each(task, chunk, rollout.texts)
-        rewards.append(torch.tensor([v for v, _ in scored], dtype=torch.float32))
+        chunk_scored = score_each(task, chunk, rollout.texts)
+        scored += chunk_scored
         lengths.append(rollout.response_mask.sum(1).float())
         if samples is not None:
             samples.extend({"prompt": e.prompt, "answer": e.answer, "response": text, "reward": v, "reason": reason}
-                           for e, text, (v, reason) in zip(chunk, rollout.texts, scored, strict=True))
+                           for e, text, (v, reason) in zip(chunk, rollout.texts, chunk_scored, strict=True))
     model.train(was_training)
-    r = torch.cat(rewards)
+    r = torch.tensor([v for v, _ in scored], dtype=torch.float32)
     return {"accuracy": float((r >= task.max_reward - 1e-9).float().mean()), "reward_mean": float(r.mean()),
             "response_length": float(torch.cat(lengths).mean())}
