@@ -40,6 +40,7 @@ from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn import ActorCritic
 from rung.nn import make_actor_critic as make_agent
+from rung.nn.optim import adam
 from rung.objectives import bc_discrete_loss, bc_gaussian_nll_loss, bc_mse_loss
 from rung.run import Run, TrainResult, write_json_atomic
 
@@ -172,7 +173,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     agent = make_agent(cfg, envs).to(device)
     # The critic is left out: nothing here trains it, and PPO fits it after cloning.
     policy_params = [*agent.actor_body.parameters(), *agent.head.parameters()]
-    opt = torch.optim.Adam(policy_params, lr=cfg.learning_rate, foreach=True)
+    opt = adam(policy_params, cfg.learning_rate)
     early = EarlyStopping(cfg.patience)
     modules = {"agent": agent, "optimizer": opt, "early_stopping": early}
 

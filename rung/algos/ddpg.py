@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from rung.algos import td3
-from rung.algos.sac import adam
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, non_negative, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult

@@ -20,6 +20,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DQNAgent, polyak_update
+from rung.nn.optim import adam
 from rung.objectives import dqn_target, td_loss
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import EpisodeTally, Run, TrainResult
@@ -88,7 +89,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     device = run.device
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize))
     agent = make_agent(cfg, envs).to(device)
-    opt = torch.optim.Adam(agent.q.parameters(), lr=cfg.learning_rate, fused=True)
+    opt = adam(agent.q.parameters(), cfg.learning_rate)
     buffer = make_buffer(cfg, envs, device, cfg.seed, log=run.logger.info)
     modules = {"agent": agent, "optimizer": opt}
     if cfg.save_buffer:

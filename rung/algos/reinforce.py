@@ -23,6 +23,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn import make_actor_critic as make_agent
+from rung.nn.optim import adam
 from rung.objectives import discounted_returns, entropy_loss, normalize, reinforce_loss, value_loss
 from rung.rollout import RolloutStorage, collect_rollout
 from rung.run import Run, TrainResult
@@ -86,7 +87,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     if cfg.compile:
         agent.compile_networks()
     model = ddp.wrap(agent, run.dist)
-    opt = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, foreach=True)
+    opt = adam(agent.parameters(), cfg.learning_rate)
     storage = RolloutStorage(cfg.num_steps, cfg.num_envs, envs.obs_shape, envs.discrete, envs.action_dim, device)
     modules = {"agent": agent, "optimizer": opt}
     steps_per_iter = cfg.batch_size * world

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rung.algos.sac import adam
 from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, non_negative, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult

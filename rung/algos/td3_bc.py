@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from rung.algos.sac import adam
 from rung.buffers.offline import fit_obs_normalizer, load_dataset, normalized_obs
 from rung.buffers.replay import Transitions
 from rung.config import RunConfig, in_range, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target, smoothed_target_action, td3_bc_actor_loss
 from rung.run import Run, TrainResult, write_json_atomic
 
