@@ -94,7 +94,8 @@ class BatchedEnv:
 
     def _transition(self, state, actions, params, elapsed, ep_return, fresh_state):
         """One step of every env and the auto-reset, as a pure function of tensors (so that
-        torch.compile can fuse it). Returns the new state, counters and what the step saw."""
+        torch.compile can fuse it). Returns the new state, counters and what the step saw.
+        With `fresh_state` None the ended envs are not reset here (`step` does it)."""
         if not self.discrete:
             actions = actions.clamp(self.action_low, self.action_high)
         nxt, reward, terminated = self.dynamics(state, actions, params)
@@ -103,25 +104,46 @@ class BatchedEnv:
         done = terminated | truncated
         final_obs = self.observe(nxt)
         episode_return = ep_return + reward
-        # Reset without asking which envs are done (that would be a host copy): fresh states
-        # were drawn for every env, and are kept where done.
-        nxt = torch.where(done.unsqueeze(-1), fresh_state, nxt)
+        if fresh_state is not None:
+            # Reset without asking which envs are done (that would be a host copy): fresh states
+            # were drawn for every env, and are kept where done. A full-shape mask: where() with
+            # a broadcast (N, 1) mask measured 2.7x slower than with an (N, S) one.
+            nxt = torch.where(done.unsqueeze(-1).expand_as(nxt), fresh_state, nxt)
         return (nxt, torch.where(done, 0, elapsed), torch.where(done, 0.0, episode_return), reward, terminated,
-                truncated, done, final_obs, self.observe(nxt), episode_return, elapsed)
+                truncated, done, final_obs, self.observe(nxt) if fresh_state is not None else final_obs,
+                episode_return, elapsed)
 
     def step(self, actions: torch.Tensor) -> EnvStep:
-        fresh = self.initial_state(self.num_envs)
-        (self.state, self.elapsed, self.ep_return, reward, terminated, truncated, done, final_obs, obs,
+        # On an accelerator every env draws a fresh state each step and keeps it where its episode
+        # ended, since asking which ended would stall the stream. On the CPU that question costs
+        # nothing, while the dense draw (torch's CPU generator, about 7 ns a number) was the
+        # largest single cost of a step at 4096 envs: there only the ended envs draw.
+        dense = self.device.type != "cpu"
+        fresh = self.initial_state(self.num_envs) if dense else None
+        (state, self.elapsed, self.ep_return, reward, terminated, truncated, done, final_obs, obs,
          episode_return, episode_length) = self._step_fn(self.state, actions, self.params, self.elapsed,
                                                           self.ep_return, fresh)
-        for k, v in self._sample_params().items():
-            self.params[k] = torch.where(done, v, self.params[k])
+        if dense:
+            for k, v in self._sample_params().items():
+                self.params[k] = torch.where(done, v, self.params[k])
+        else:
+            ended = done.nonzero().squeeze(-1)
+            if len(ended):
+                # Out of place: `final_obs` may be a view of the pre-reset state.
+                state = state.index_put((ended,), self.initial_state(len(ended)))
+                obs = self.observe(state)
+                for k, (low, high) in self.randomize.items():
+                    self.params[k] = self.params[k].index_put((ended,), self.uniform(len(ended), low, high))
+        self.state = state
         obs = self._obs(obs)
-        final = torch.where(done.unsqueeze(-1), self._obs(final_obs, update=False), obs)
+        # Where an env did not end, its final observation is its observation: normalised with
+        # the same (just updated) statistics, the two agree bit for bit without a where().
+        final = self._obs(final_obs, update=False)
         self.last_obs = obs
-        return EnvStep(obs=obs, reward=self.normalizer.reward(reward.to(torch.float64), done).to(torch.float32),
-                       terminated=terminated, truncated=truncated, final_obs=final,
-                       episode_return=episode_return, episode_length=episode_length)
+        if self.normalizer.norm_reward:
+            reward = self.normalizer.reward(reward.to(torch.float64), done)
+        return EnvStep(obs=obs, reward=reward.to(torch.float32), terminated=terminated, truncated=truncated,
+                       final_obs=final, episode_return=episode_return, episode_length=episode_length)
 
     def render(self) -> Any:
         raise UserError(f"{self.env_id} does not render; evaluate the policy on the gymnasium env {self.name} for video")
