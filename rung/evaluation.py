@@ -18,9 +18,11 @@ from rung.run import write_json_atomic
 
 
 def env_normalizes_obs(cfg: Any) -> bool:
-    """Whether the run normalised observations in the env (PPO, REINFORCE). Off-policy agents
-    normalise at their own input (ObsNorm) and must be fed raw observations."""
-    return bool(getattr(cfg, "normalize_obs", False)) and not isinstance(cfg, OffPolicyConfig)
+    """Whether the run normalised observations in the env (PPO, REINFORCE, bc for PPO). Off-policy
+    agents, and bc's clones for SAC, normalise at their own input (ObsNorm) and must be fed raw
+    observations."""
+    return (bool(getattr(cfg, "normalize_obs", False)) and not isinstance(cfg, OffPolicyConfig)
+            and getattr(cfg, "for_algo", "ppo") != "sac")
 
 
 def load_policy(run_dir: Path, which: str = "best") -> tuple[Any, torch.nn.Module, dict, dict]:

@@ -1,6 +1,7 @@
 """--init-from (offline -> online): the regulariser's pure functions against hand-computed
 numbers; PPO starts from a bc clone (actor and frozen observation statistics, fresh critic) and
-from a ppo run (critic too); SAC starts from a sac run; the regulariser is 0 for the identical
+from a ppo run (critic too); SAC starts from a sac run and from a bc clone made for it (actor and
+observation statistics, fresh critics); the regulariser is 0 for the identical
 policy, grows once the policy moves, and its weight follows the schedule in metrics.jsonl;
 mismatched sources are refused in one line; a resumed run ends where an uninterrupted one does
 without reading the source again."""
@@ -17,6 +18,7 @@ import torch
 from rung import algos, checkpoint
 from rung.buffers import demos
 from rung.envs.experts import get_expert
+from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.objectives import decayed_coef, kl_categorical, kl_diag_gaussian
 
@@ -79,7 +81,8 @@ SAC = dict(env="Pendulum-v1", total_timesteps=300, learning_starts=200, batch_si
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Finished runs to start from: bc on 4 CartPole expert episodes, ppo (normalising
-    observations and rewards) on CartPole, sac on Pendulum."""
+    observations and rewards) on CartPole, sac on Pendulum, and bc on 4 Pendulum expert episodes
+    cloned for sac and for ppo."""
     root = tmp_path_factory.mktemp("sources")
     traj = demos.collect("CartPole-v1", get_expert("CartPole-v1"), 4, seed=0, num_envs=2, source="expert")
     data = demos.save(traj, root / "cartpole.npz")
@@ -90,7 +93,13 @@ def sources(tmp_path_factory):
                          run_dir=str(root / "ppo")))
     sac = algos.get("sac")
     sac.train(sac.Config(**SAC, run_dir=str(root / "sac")))
-    return {"bc": root / "bc", "ppo": root / "ppo", "sac": root / "sac"}
+    traj = demos.collect("Pendulum-v1", get_expert("Pendulum-v1"), 4, seed=0, num_envs=2, source="expert")
+    data = demos.save(traj, root / "pendulum.npz")
+    for for_algo in ("sac", "ppo"):
+        bc.train(bc.Config(env="Pendulum-v1", dataset=str(data), for_algo=for_algo, run_dir=str(root / f"bc_{for_algo}"),
+                           **BC))
+    return {"bc": root / "bc", "ppo": root / "ppo", "sac": root / "sac", "bc_sac": root / "bc_sac",
+            "bc_ppo": root / "bc_ppo"}
 
 
 def rows(run_dir):
@@ -233,6 +242,27 @@ def test_sac_from_sac_loads_actor_and_critics_and_logs_the_regulariser(tmp_path,
         assert r["losses/init_reg"] > 0  # logged after gradient steps have moved the actor
 
 
+def test_sac_from_a_clone_for_sac_acts_as_the_clone_with_fresh_critics(tmp_path, monkeypatch, sources):
+    seen = snapshot_at_start(monkeypatch)
+    sac = algos.get("sac")
+    # Seed 2, the clone's was 1: fresh critics then differ from the clone's (equally untrained) ones.
+    cfg = sac.Config(**SAC, init_from=str(sources["bc_sac"]), init_alpha=0.1, seed=2, run_dir=str(tmp_path / "run"))
+    sac.train(cfg)
+    clone = checkpoint.load(sources["bc_sac"] / "checkpoints" / "latest.pt")["agent"]  # too short for a best.pt
+    for k, v in clone.items():
+        if k.startswith(("actor.", "obs_norm.")) and isinstance(v, torch.Tensor):
+            assert torch.equal(v, seen["agent"][k]), f"{k} was not loaded"
+    # bc never trained the clone's critics; the run keeps its own fresh ones and its init_alpha.
+    assert not torch.equal(clone["qf.weights.0"], seen["agent"]["qf.weights.0"])
+    assert seen["agent"]["log_alpha"].item() == pytest.approx(math.log(0.1))
+    # The statistics are the demonstrations', so the loaded policy is the clone as `rung eval` plays it.
+    _, clone_policy = demos.policy_from_run(sources["bc_sac"])
+    obs = torch.tensor([[1.0, 0.0, 0.0], [-0.5, 0.8, 2.0]])
+    agent = sac.make_agent(cfg, make_env("Pendulum-v1", 1, 0))
+    agent.load_state_dict(seen["agent"], strict=False)  # every tensor; the running counts are not used to act
+    assert torch.equal(agent.action(obs), clone_policy(obs))
+
+
 # -- refusals -------------------------------------------------------------------------------------
 
 
@@ -243,7 +273,9 @@ def test_sac_from_sac_loads_actor_and_critics_and_logs_the_regulariser(tmp_path,
     ("ppo", "bc", dict(normalize_obs=False), r"has normalize_obs true and this run false; pass --normalize-obs true"),
     ("ppo", "bc", dict(activation="relu"), r"has activation tanh and this run relu"),
     ("ppo", "sac", dict(), r"is a sac run; ppo starts only from bc or ppo runs"),
-    ("sac", "bc", dict(), r"is a bc run; sac starts only from sac runs \(a bc run's unsquashed Gaussian"),
+    ("sac", "bc_ppo", dict(), r"is a bc run cloned for ppo, whose unsquashed Gaussian does not map onto sac's"),
+    ("sac", "bc", dict(), r"was trained on CartPole-v1 and this run is on Pendulum-v1"),
+    ("sac", "bc_sac", dict(hidden_sizes=(64, 64)), r"has hidden_sizes 32,32 and this run 64,64"),
     ("sac", "sac", dict(n_critics=3), r"has n_critics 2 and this run 3"),
 ])
 def test_mismatched_sources_are_refused_in_one_line(tmp_path, sources, algo, source, overrides, message):

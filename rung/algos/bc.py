@@ -1,17 +1,21 @@
 """Behaviour cloning: supervised learning of the recorded actions, discrete and continuous.
 
-The policy is PPO's own network (rung.nn.ActorCritic from make_actor_critic: the same class,
-the same state_dict keys, the same hidden_sizes/activation flags) rather than SAC's actor, so
-that a cloned policy can start PPO as it is; that offline-then-online pipeline is what this
-algorithm is here for. Only the actor (body and head) is trained; the critic stays at its
-initialisation, for PPO to fit. Discrete actions use cross-entropy; continuous ones fit the
-Gaussian head's mean, and with --loss nll its state-independent log std too. SAC's
-tanh-squashed actor was the alternative, and is worse here: scripted experts push actions onto
-the bounds (the Pendulum expert saturates at +-2), where the squashed Gaussian's log-likelihood
-is infinite.
+The clone is the network of the algorithm that will fine-tune it, so that it starts that
+algorithm as it is (the offline-then-online pipeline this algorithm is here for):
 
-Observations are standardised with the training split's mean and std, computed once; the
-statistics live in the env's frozen normaliser, where PPO keeps them, and travel in every
+- `--for-algo ppo` (the default): PPO's rung.nn.ActorCritic (the same class, state_dict keys and
+  hidden_sizes/activation flags). Only the actor (body and head) is trained; the critic stays at
+  its initialisation, for PPO to fit. Discrete actions use cross-entropy; continuous ones fit the
+  Gaussian head's mean, and with --loss nll its state-independent log std too.
+- `--for-algo sac`: SAC's agent (continuous actions). Only its tanh-squashed actor is trained,
+  and only by squared error of the deterministic action tanh(mean) against the recorded action,
+  both in [-1, 1]: scripted experts push actions onto the bounds (the Pendulum expert saturates
+  at +-2), where the squashed Gaussian's log-likelihood is infinite. Its log std and the critics
+  stay at their initialisation, for SAC to fit.
+
+Observations are standardised with the training split's mean and std, computed once. For PPO
+the statistics live in the env's frozen normaliser, where PPO keeps them; for SAC in the agent's
+own input normaliser (`obs_norm`), where SAC keeps them. Either way they travel in every
 checkpoint (see rung.buffers.offline).
 
 Counting: an iteration is one epoch (log_every and checkpoint_every count epochs); the step
@@ -26,6 +30,7 @@ Run:  rung collect --env CartPole-v1 --policy expert --episodes 20 -o demos.npz
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -38,8 +43,10 @@ from rung.buffers.offline import fit_obs_normalizer, load_dataset, normalized_ob
 from rung.config import RunConfig, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn import ActorCritic
-from rung.nn import make_actor_critic as make_agent
+from rung.algos import sac
+from rung.evaluation import env_normalizes_obs
+from rung.nn import ActorCritic, make_actor_critic
+from rung.nn.offpolicy import SACAgent
 from rung.nn.optim import adam
 from rung.objectives import bc_discrete_loss, bc_gaussian_nll_loss, bc_mse_loss
 from rung.run import Run, TrainResult, write_json_atomic
@@ -78,6 +85,9 @@ class Config(RunConfig):
     """Epochs without a lower validation loss before stopping (0: never stop early)."""
     normalize_obs: bool = True
     """Standardise observations with the training split's mean and std (frozen, saved with the policy)."""
+    for_algo: Literal["ppo", "sac"] = "ppo"
+    """The algorithm the clone is for (--init-from): its network is that algorithm's (sac:
+    continuous actions, --loss mse)."""
     eval_every: int = 500
     """Evaluate the deterministic policy in the env every this many gradient steps (0 disables)."""
     checkpoint_every: int = 10
@@ -97,11 +107,33 @@ class Config(RunConfig):
         if not 0.0 <= self.validation_fraction < 1.0:
             raise UserError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
         widths(self, "hidden_sizes")
+        if self.for_algo == "sac" and self.loss != "mse":
+            raise UserError("--for-algo sac clones with --loss mse (the squashed Gaussian's log-likelihood is infinite "
+                            "at the action bounds scripted experts push onto); pass --loss mse")
 
 
-def bc_loss(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, loss: str
+def make_agent(cfg: Config, env) -> ActorCritic | SACAgent:
+    """The network --for-algo names, as that algorithm builds it from the same flags."""
+    if cfg.for_algo == "sac":
+        return sac.make_agent(sac.Config(env=cfg.env, hidden_sizes=cfg.hidden_sizes, normalize_obs=cfg.normalize_obs), env)
+    return make_actor_critic(cfg, env)
+
+
+def policy_parameters(agent: ActorCritic | SACAgent) -> list[torch.nn.Parameter]:
+    """What cloning trains: the actor. Critics are left out, since nothing here trains them and
+    the fine-tuning algorithm fits them."""
+    if isinstance(agent, SACAgent):
+        return list(agent.actor.parameters())
+    return [*agent.actor_body.parameters(), *agent.head.parameters()]
+
+
+def bc_loss(agent: ActorCritic | SACAgent, obs: torch.Tensor, actions: torch.Tensor, loss: str
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-sample loss (B,) of the policy on recorded (obs, action) pairs."""
+    if isinstance(agent, SACAgent):
+        actor = agent.actor
+        return bc_mse_loss(sac.unit_action(actor, agent.obs_norm(obs)),
+                           ((actions - actor.bias) / actor.scale).clamp(-1.0, 1.0))
     params = agent.dist_params(obs)
     if agent.discrete:
         return bc_discrete_loss(params, actions)
@@ -112,7 +144,7 @@ def bc_loss(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, loss: 
 
 
 @torch.no_grad()
-def dataset_loss(agent: ActorCritic, obs: torch.Tensor, actions: torch.Tensor, loss: str) -> dict[str, float]:
+def dataset_loss(agent: ActorCritic | SACAgent, obs: torch.Tensor, actions: torch.Tensor, loss: str) -> dict[str, float]:
     """Mean loss and stats over a whole split, each chunk weighted by its size."""
     sums: dict[str, float] = {}
     for o, a in zip(obs.split(EVAL_CHUNK), actions.split(EVAL_CHUNK)):
@@ -135,7 +167,8 @@ class EarlyStopping:
     def update(self, loss: float, epoch: int, agent: torch.nn.Module) -> None:
         if loss < self.best:
             self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
-            self.best_weights = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+            # copy.deepcopy: a SAC agent's state also holds its normaliser's counts, as a dict.
+            self.best_weights = copy.deepcopy(agent.state_dict())
         else:
             self.bad_epochs += 1
             self.stopped = 0 < self.patience <= self.bad_epochs
@@ -154,7 +187,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     device = run.device
     # Never stepped for training: it holds the observation statistics and tells Run how to
     # build the evaluation env.
-    envs = make_env(cfg.env, 1, run.env_seed, device=device, normalize_obs=cfg.normalize_obs)
+    envs = make_env(cfg.env, 1, run.env_seed, device=device, normalize_obs=env_normalizes_obs(cfg))
     data = load_dataset(cfg.dataset, envs, cfg.env, "bc", run.logger.info)
     if cfg.validation_fraction > 0:
         if data.num_episodes < 2:
@@ -171,9 +204,11 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         val_actions = torch.as_tensor(val_set.actions, device=device)
 
     agent = make_agent(cfg, envs).to(device)
-    # The critic is left out: nothing here trains it, and PPO fits it after cloning.
-    policy_params = [*agent.actor_body.parameters(), *agent.head.parameters()]
-    opt = adam(policy_params, cfg.learning_rate)
+    if isinstance(agent, SACAgent):
+        # The training split's statistics, set once: obs above are raw (the env does not
+        # normalise for SAC), and bc never updates them again.
+        agent.obs_norm.update(torch.as_tensor(train_set.observations, dtype=torch.float32))
+    opt = adam(policy_parameters(agent), cfg.learning_rate)
     early = EarlyStopping(cfg.patience)
     modules = {"agent": agent, "optimizer": opt, "early_stopping": early}
 

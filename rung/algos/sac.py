@@ -4,17 +4,20 @@ As in the authors' second paper and Stable-Baselines3: two critics with Polyak-a
 no separate value network, a tanh-squashed Gaussian actor, and the temperature alpha learned to
 hold the policy's entropy near -action_dim. Goal-conditioned envs (Fetch*) add --her.
 
-Fine-tuning (--init-from RUN_DIR) starts from a sac run: actor, critics, their targets, the
-observation statistics and (with --autotune) the temperature. A bc run is refused: its Gaussian
-is unsquashed, on a tanh-activated body with a state-independent std, and no copy of weights
-turns it into this tanh-squashed actor (experts' actions sit at the bounds, where atanh is
-infinite). --init-reg-coef adds a behaviour-cloning term to the actor loss: the squared distance
+Fine-tuning (--init-from RUN_DIR) starts from a sac run (actor, critics, their targets, the
+observation statistics and, with --autotune, the temperature) or from a bc run cloned with
+--for-algo sac (its actor and observation statistics; the critics start fresh and the
+temperature at --init-alpha). A bc run cloned for ppo is refused: its Gaussian is unsquashed, on
+a tanh-activated body with a state-independent std, and no copy of weights turns it into this
+tanh-squashed actor (experts' actions sit at the bounds, where atanh is infinite). --init-reg-coef adds a behaviour-cloning term to the actor loss: the squared distance
 between the current and the initial policy's deterministic actions, both in the squashed [-1, 1]
 space so that the weight means the same for every action range.
 
 Run:  rung train sac --env Pendulum-v1
       rung train sac --env FetchReach-v4 --her
       rung train sac --env Pendulum-v1 --init-from runs/sac-run --init-reg-coef 1 --init-reg-decay-steps 10000
+      rung train bc --env FetchReach-v4 --dataset demos.npz --for-algo sac --hidden-sizes 256,256 --run-dir runs/clone
+      rung train sac --env FetchReach-v4 --her --init-from runs/clone
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class Config(OffPolicyConfig):
     target_update_interval: int = 1
     """Gradient steps between target-network updates."""
     init_from: str | None = None
-    """A sac run folder to start from: actor, critics, observation statistics and, with autotune,
-    the temperature (without it, init_alpha holds)."""
+    """A run folder to start from: a sac run (actor, critics, observation statistics and, with
+    autotune, the temperature; without it init_alpha holds) or a bc run cloned with --for-algo sac
+    (actor and observation statistics)."""
     init_from_checkpoint: Literal["best", "latest"] = "best"
     """Which checkpoint of --init-from: best (the best evaluation; latest where none ran) or latest."""
     init_reg_coef: float = 0.0
@@ -88,11 +92,21 @@ def make_agent(cfg: Config, env) -> SACAgent:
 
 def start_from(cfg: Config, agent: SACAgent, envs) -> str:
     """Load --init-from's agent into `agent`; returns a line for the log."""
-    src = load_source(cfg, envs, "sac", ("sac",), " (a bc run's unsquashed Gaussian does not map onto sac's "
-                      "tanh-squashed actor; fine-tune a bc run with ppo)")
+    src = load_source(cfg, envs, "sac", ("sac", "bc"))
+    if src.algo == "bc" and src.cfg.for_algo != "sac":
+        raise UserError(f"--init-from {src.run_dir} is a bc run cloned for {src.cfg.for_algo}, whose unsquashed Gaussian "
+                        "does not map onto sac's tanh-squashed actor; clone again with --for-algo sac, or fine-tune it with ppo")
     require_same(src, "hidden_sizes", tuple(src.cfg.hidden_sizes), tuple(cfg.hidden_sizes))
-    require_same(src, "n_critics", src.cfg.n_critics, cfg.n_critics)
     require_same(src, "normalize_obs", src.cfg.normalize_obs, cfg.normalize_obs)
+    stats = ", observation statistics" if cfg.normalize_obs else ""
+    if src.algo == "bc":
+        # bc trained the actor alone: its critics and temperature are initialisation, no better
+        # than this run's own (whose n_critics and init_alpha are the user's choice).
+        agent.actor.load_state_dict(src.agent.actor.state_dict())
+        agent.obs_norm.load_state_dict(src.agent.obs_norm.state_dict())
+        return (f"started from the bc run {src.run_dir} ({src.checkpoint}.pt): actor{stats}; "
+                f"critics fresh, temperature {cfg.init_alpha:g}")
+    require_same(src, "n_critics", src.cfg.n_critics, cfg.n_critics)
     state = src.agent.state_dict()
     if not cfg.autotune:
         # A fixed temperature is the user's choice; a tuned one starts where the source left it,
@@ -100,7 +114,7 @@ def start_from(cfg: Config, agent: SACAgent, envs) -> str:
         state["log_alpha"] = agent.log_alpha.detach().clone()
     agent.load_state_dict(state)
     return (f"started from the sac run {src.run_dir} ({src.checkpoint}.pt, step {src.step:,}): actor, critics"
-            f"{', observation statistics' if cfg.normalize_obs else ''}{' and temperature' if cfg.autotune else ''}")
+            f"{stats}{' and temperature' if cfg.autotune else ''}")
 
 
 def unit_action(actor: SquashedGaussianActor, obs: torch.Tensor) -> torch.Tensor:
