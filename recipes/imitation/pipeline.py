@@ -1,23 +1,26 @@
-"""Demonstrations -> behaviour cloning -> PPO fine-tuning, against PPO from scratch, in one command.
+"""Demonstrations -> behaviour cloning -> RL fine-tuning, against RL from scratch, in one command.
 
     python recipes/imitation/pipeline.py --env CartPole-v1 --seeds 1 2 3 --out runs/imitation/cartpole
     python recipes/imitation/pipeline.py --env Pendulum-v1 --seeds 1 2 3 --out runs/imitation/pendulum
+    python recipes/imitation/pipeline.py --env FetchReach-v4 --algo sac --seeds 1 2 3 --out runs/imitation/fetchreach
     python recipes/imitation/pipeline.py --env CartPole-v1 --quick --out /tmp/imitation   (seconds; a smoke test)
 
 1. records --demo-episodes episodes of the env's scripted expert (rung/envs/experts.py) into OUT/demos.npz;
-2. clones them with rung.algos.bc (observations standardised, as PPO fine-tuning then requires);
-3. for each seed trains PPO from scratch (the env's preset from rung.presets where one exists)
-   and PPO from the clone (--init-from, the same settings with normalize_obs on, and the KL
-   regulariser toward the clone), both for --rl-steps env steps with periodic evaluation;
+2. clones them with rung.algos.bc into the network of the --algo that fine-tunes it (observations
+   standardised, as fine-tuning then requires);
+3. for each seed trains --algo (ppo or sac) from scratch (the env's preset from rung.presets where
+   one exists) and from the clone (--init-from, the same settings with normalize_obs on, and the
+   regulariser toward the clone: a KL for PPO, the squared action distance for SAC), both for
+   --rl-steps env steps with periodic evaluation;
 4. plays the expert, the clone and every run's final policy from the same --paired-episodes start
    states (none of them demonstrated or seen in training's evaluations): the "ends above the
    expert" comparison, which 10-episode evaluations are too noisy to make (on MountainCar one
    final evaluation read -102.5 where 100 paired episodes read -118.9);
 5. plots OUT/pipeline.png and writes OUT/pipeline.json; prints the summary table.
 
-The RL algorithm is PPO for every env, Pendulum included: bc trains PPO's ActorCritic, and SAC
-starts only from a sac run (its tanh-squashed actor has no weights a bc clone maps onto).
-Every run is an ordinary run folder under OUT (bc/, scratch/seedN, from_bc/seedN), made by
+Where the env's preset measures success (FetchReach), "at target" is the first evaluation whose
+success rate reaches the preset's target; returns are still what the plot and the paired
+comparison show. Every run is an ordinary run folder under OUT (bc/, scratch/seedN, from_bc/seedN), made by
 train(cfg) in this process.
 """
 
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from rung import presets
-from rung.algos import bc, ppo
+from rung.algos import bc, ppo, sac
 from rung.buffers import demos
 from rung.envs.experts import get_expert
 from rung.envs.make import env_threshold
@@ -57,26 +60,32 @@ DEMO_SEED, DEMO_ENVS = 0, 4
 # Evaluations per run when --eval-every is not given: enough points for a curve and for "first
 # eval at the target" to mean something, without evaluation dominating the run time.
 EVALS_PER_RUN = 20
-# Default regulariser weight: of the order of the PPO losses at the start, so the clone's
-# actions hold while the fresh critic's advantages are still noise.
-DEFAULT_REG_COEF = 0.1
+# Default regulariser weights: of the order of the RL losses at the start, so the clone's
+# actions hold while the fresh critic is still noise. PPO's is a KL; SAC's a squared distance
+# between actions in [-1, 1], whose scale next to a Q-value loss is larger.
+DEFAULT_REG_COEF = {"ppo": 0.1, "sac": 1.0}
+ALGOS = {"ppo": ppo, "sac": sac}
+SUCCESS_KEY = "eval/success_rate"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="CartPole-v1", help="gymnasium id with a scripted expert (default CartPole-v1)")
+    p.add_argument("--algo", choices=sorted(ALGOS), default="ppo", help="the RL algorithm, from scratch and from the clone "
+                   "(default ppo; sac needs continuous actions)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="RL seeds; bc runs once, with the first")
     p.add_argument("--out", help="output folder (default runs/imitation/ENV); its run folders are overwritten")
     p.add_argument("--demo-episodes", type=int, help="expert episodes to record (default 20; --quick 2)")
     p.add_argument("--bc-epochs", type=int, help="bc epochs, fewer where early stopping ends it (default 200; --quick 2)")
-    p.add_argument("--rl-steps", type=int, help="env steps per PPO run (default the preset's total_timesteps, "
+    p.add_argument("--rl-steps", type=int, help="env steps per RL run (default the preset's total_timesteps, "
                    "else 100000; --quick 512)")
     p.add_argument("--eval-every", type=int, help=f"env steps between evaluations (default rl-steps/{EVALS_PER_RUN}; --quick 256)")
     p.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 10; --quick 2)")
     p.add_argument("--paired-episodes", type=int, help="start states on which the expert, the clone and every "
                    "final policy are compared (default 100; --quick 2)")
-    p.add_argument("--init-reg-coef", type=float, default=DEFAULT_REG_COEF,
-                   help=f"weight of KL(clone || policy) in the fine-tuning loss (default {DEFAULT_REG_COEF}; 0 disables)")
+    p.add_argument("--init-reg-coef", type=float,
+                   help="weight of the regulariser toward the clone in the fine-tuning loss (default "
+                   f"{DEFAULT_REG_COEF['ppo']} for ppo's KL, {DEFAULT_REG_COEF['sac']} for sac's squared distance; 0 disables)")
     p.add_argument("--init-reg-decay-steps", type=int,
                    help="env steps over which that weight falls linearly to 0 (default a quarter of rl-steps)")
     p.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test; explicit flags still win")
@@ -84,25 +93,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if a.quick else FULL).items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.init_reg_coef is None:
+        a.init_reg_coef = DEFAULT_REG_COEF[a.algo]
     return a
 
 
-def ppo_settings(env: str) -> tuple[dict[str, Any], str]:
-    """PPO overrides for `env` (its preset's, or none) and where they came from."""
-    preset = presets.for_env("ppo", env)
+def rl_settings(algo: str, env: str) -> tuple[dict[str, Any], str]:
+    """`algo`'s overrides for `env` (its preset's, or none) and where they came from."""
+    preset = presets.for_env(algo, env)
     if preset is None:
-        return {"env": env}, "ppo defaults"
+        return {"env": env}, f"{algo} defaults"
     return dict(preset.overrides), f"preset {preset.name}"
 
 
-def target_for(env: str) -> float | None:
-    preset = presets.for_env("ppo", env)
-    return preset.target if preset is not None and preset.metric == "return" else env_threshold(env)
+def target_for(algo: str, env: str) -> tuple[float | None, str]:
+    """The target and the eval metric it applies to: the preset's success rate where it measures
+    one, else a return (the preset's, or the env's registered threshold)."""
+    preset = presets.for_env(algo, env)
+    if preset is not None and preset.metric == "success_rate":
+        return preset.target, SUCCESS_KEY
+    return (preset.target if preset is not None else env_threshold(env)), EVAL_KEY
 
 
-def eval_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(env step, mean eval return) of the periodic evaluations, in order."""
-    return [(int(r["step"]), float(r[EVAL_KEY])) for r in read_metrics(run_dir) if EVAL_KEY in r]
+def eval_curve(run_dir: Path, key: str = EVAL_KEY) -> list[tuple[int, float]]:
+    """(env step, `key`) of the periodic evaluations, in order: the mean return by default."""
+    return [(int(r["step"]), float(r[key])) for r in read_metrics(run_dir) if key in r]
 
 
 def first_at(curve: list[tuple[int, float]], target: float | None) -> int | None:
@@ -116,7 +131,7 @@ def median_steps(steps: list[int | None]) -> float | None:
     return None if math.isinf(m) else m
 
 
-def plot(out: Path, env: str, target: float | None, expert_return: float, bc_return: float,
+def plot(out: Path, env: str, algo: str, target: float | None, expert_return: float, bc_return: float,
          curves: dict[str, list[list[tuple[int, float]]]]) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -137,9 +152,9 @@ def plot(out: Path, env: str, target: float | None, expert_return: float, bc_ret
         ax.plot(grid, ys.mean(0), "o-", ms=3, c=color, label=f"{label} (mean of {len(runs)})")
         if len(runs) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.2)
-    ax.set_xlabel("env steps (PPO)")
+    ax.set_xlabel(f"env steps ({algo})")
     ax.set_ylabel("mean eval return")
-    ax.set_title(f"{env}: demonstrations -> bc -> PPO fine-tuning vs PPO from scratch", fontsize=9)
+    ax.set_title(f"{env}: demonstrations -> bc -> {algo} fine-tuning vs {algo} from scratch", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -154,14 +169,16 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
     if a.demo_episodes < 2:
         raise UserError(f"--demo-episodes must be >= 2 (bc holds one episode out for validation), got {a.demo_episodes}")
     expert = get_expert(a.env)
-    target = target_for(a.env)
-    overrides, source = ppo_settings(a.env)
+    target, target_key = target_for(a.algo, a.env)
+    rl = ALGOS[a.algo]
+    overrides, source = rl_settings(a.algo, a.env)
     rl_steps = a.rl_steps or overrides.get("total_timesteps", 100_000)
     eval_every = a.eval_every or max(rl_steps // EVALS_PER_RUN, 1)
     decay = a.init_reg_decay_steps if a.init_reg_decay_steps is not None else rl_steps // 4
-    common = {"total_timesteps": rl_steps, "eval_every": eval_every, "eval_episodes": a.eval_episodes,
-              "target_return": target}
-    scratch_cfg = dataclasses.replace(ppo.Config(**overrides), **common)
+    common = {"total_timesteps": rl_steps, "eval_every": eval_every, "eval_episodes": a.eval_episodes}
+    if target_key == EVAL_KEY:
+        common["target_return"] = target
+    scratch_cfg = dataclasses.replace(rl.Config(**overrides), **common)
     finetune_cfg = dataclasses.replace(scratch_cfg, normalize_obs=True, init_reg_coef=a.init_reg_coef,
                                        init_reg_decay_steps=decay)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,10 +188,11 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
     print(f"[1/5] expert: mean return {traj.mean_return:.2f} over {traj.num_episodes} episodes "
           f"({len(traj):,} steps) -> {out / 'demos.npz'}", flush=True)
 
-    # The clone's network must be the one PPO fine-tunes: same widths and activation.
+    # The clone's network must be the one the RL algorithm fine-tunes: same widths (and activation).
     bc_cfg = bc.Config(env=a.env, dataset=str(out / "demos.npz"), epochs=a.bc_epochs, normalize_obs=True,
-                       hidden_sizes=scratch_cfg.hidden_sizes, activation=scratch_cfg.activation,
-                       seed=a.seeds[0], eval_episodes=a.eval_episodes, target_return=target, run_dir=str(out / "bc"))
+                       hidden_sizes=scratch_cfg.hidden_sizes, activation=getattr(scratch_cfg, "activation", "tanh"),
+                       for_algo=a.algo, seed=a.seeds[0], eval_episodes=a.eval_episodes,
+                       target_return=target if target_key == EVAL_KEY else None, run_dir=str(out / "bc"))
     bc_summary = bc.train(bc_cfg, force=True).summary
     print(f"[2/5] bc: eval return {bc_summary['eval_mean_return']:.2f} after {bc_summary['epochs']} epochs "
           f"-> {out / 'bc'}", flush=True)
@@ -185,10 +203,12 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
         for name, cfg in (("scratch", scratch_cfg), ("from_bc", finetune_cfg)):
             run_dir = out / name / f"seed{seed}"
             extra = {"init_from": str(out / "bc")} if name == "from_bc" else {}
-            summary = ppo.train(dataclasses.replace(cfg, seed=seed, run_dir=str(run_dir), **extra), force=True).summary
+            summary = rl.train(dataclasses.replace(cfg, seed=seed, run_dir=str(run_dir), **extra), force=True).summary
             curve = eval_curve(run_dir)
-            row[name] = {"run_dir": str(run_dir), "first_step_at_target": first_at(curve, target),
+            row[name] = {"run_dir": str(run_dir), "first_step_at_target": first_at(eval_curve(run_dir, target_key), target),
                          "final_eval": summary["eval_mean_return"], "curve": curve}
+            if "eval_success_rate" in summary:
+                row[name]["final_success_rate"] = summary["eval_success_rate"]
         seeds.append(row)
         print(f"[3/5] seed {seed}: scratch final {row['scratch']['final_eval']:.2f}, "
               f"from bc final {row['from_bc']['final_eval']:.2f}", flush=True)
@@ -206,11 +226,13 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
                       "final_eval": statistics.median([r[name]["final_eval"] for r in seeds]),
                       "final_paired": statistics.median([r[name]["final_paired"] for r in seeds])}
                for name in ("scratch", "from_bc")}
-    png = plot(out, a.env, target, traj.mean_return, bc_summary["eval_mean_return"],
-               {"PPO from scratch": [r["scratch"]["curve"] for r in seeds],
-                "PPO from the bc clone": [r["from_bc"]["curve"] for r in seeds]})
+    name = a.algo.upper()
+    png = plot(out, a.env, name, target if target_key == EVAL_KEY else None, traj.mean_return,
+               bc_summary["eval_mean_return"],
+               {f"{name} from scratch": [r["scratch"]["curve"] for r in seeds],
+                f"{name} from the bc clone": [r["from_bc"]["curve"] for r in seeds]})
     result = {
-        "env": a.env, "target": target, "rl_algo": "ppo", "rl_settings": source, "rl_steps": rl_steps,
+        "env": a.env, "target": target, "target_metric": target_key, "rl_algo": a.algo, "rl_settings": source, "rl_steps": rl_steps,
         "eval_every": eval_every, "eval_episodes": a.eval_episodes,
         "init_reg_coef": a.init_reg_coef, "init_reg_decay_steps": decay,
         "expert": {"mean_return": traj.mean_return, "episodes": traj.num_episodes, "steps": len(traj),
@@ -230,7 +252,8 @@ def show(v: Any) -> str:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"\n[5/5] {r['env']}, target {r['target']}, PPO {r['rl_steps']:,} steps ({r['rl_settings']}); "
+    metric = "success rate" if r["target_metric"] == SUCCESS_KEY else "return"
+    print(f"\n[5/5] {r['env']}, target {metric} {r['target']}, {r['rl_algo']} {r['rl_steps']:,} steps ({r['rl_settings']}); "
           f"expert {r['expert']['mean_return']:.2f}, bc clone {r['bc']['eval_mean_return']:.2f}")
     p = r["paired"]
     print(f"final policies on {p['episodes']} paired start states: expert {p['expert']:.2f}, bc clone {p['bc']:.2f}")
