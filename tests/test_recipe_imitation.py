@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 
 PIPELINE = Path(__file__).resolve().parents[1] / "recipes" / "imitation" / "pipeline.py"
 
@@ -42,6 +44,22 @@ def test_pipeline_writes_plot_and_summary(tmp_path):
     # The fine-tuned run really started from the clone, with the regulariser on.
     config = (Path(seed["from_bc"]["run_dir"]) / "config.yaml").read_text()
     assert f"init_from: {out / 'bc'}" in config and "init_reg_coef: 0.1" in config
+
+
+def test_pipeline_with_sac_clones_for_sac_and_counts_success_on_fetchreach(tmp_path):
+    pytest.importorskip("gymnasium_robotics")
+    pipeline = load_pipeline()
+    out = tmp_path / "fetch"
+    assert pipeline.main(["--env", "FetchReach-v4", "--algo", "sac", "--seeds", "1", "--out", str(out), "--quick",
+                          "--rl-steps", "300", "--eval-every", "150"]) == 0
+    r = json.loads((out / "pipeline.json").read_text())
+    # The preset's target is a success rate, and "at target" reads the success curve.
+    assert r["rl_algo"] == "sac" and r["target"] == 0.95 and r["target_metric"] == "eval/success_rate"
+    assert "for_algo: sac" in (out / "bc" / "config.yaml").read_text()
+    run = r["seeds"][0]["from_bc"]
+    assert 0.0 <= run["final_success_rate"] <= 1.0
+    config = (Path(run["run_dir"]) / "config.yaml").read_text()
+    assert f"init_from: {out / 'bc'}" in config and "init_reg_coef: 1.0" in config and "her: true" in config
 
 
 def test_median_counts_never_as_last():

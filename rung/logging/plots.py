@@ -59,7 +59,8 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: fl
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[0].legend(loc="lower right", fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # a run too short to log an episode or an evaluation has none
+        axes[0].legend(loc="lower right", fontsize=8)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     title = f"{cfg.get('algo', '')} on {cfg.get('env') or cfg.get('task', '')}, seed {cfg.get('seed', '?')}   ({run_dir.name})" if cfg else run_dir.name
     fig.suptitle(title, fontsize=9)
