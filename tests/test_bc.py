@@ -192,6 +192,26 @@ def test_validation_needs_two_episodes(tmp_path, datasets):
     assert result.summary["best_validation_loss"] is None and not result.summary["stopped_early"]
 
 
+def test_bc_loss_for_sac_by_hand():
+    # A SAC actor whose output ignores the observation: the mean layer's weights are 0 and its
+    # bias is atanh(0.5), so the deterministic action is tanh(atanh(0.5)) = 0.5 in [-1, 1], i.e. 1.0
+    # on Pendulum's [-2, 2]. Recorded actions 2.0 and -1.0 are 1.0 and -0.5 in [-1, 1]:
+    # squared errors (0.5 - 1)^2 = 0.25 and (0.5 + 0.5)^2 = 1.0. The recorded 3.0 lies outside the
+    # box and counts as its bound: (0.5 - 1)^2 = 0.25.
+    bc = algos.get("bc")
+    cfg = bc.Config(env="Pendulum-v1", dataset="unused.npz", for_algo="sac", hidden_sizes=(8,))
+    agent = bc.make_agent(cfg, make_env("Pendulum-v1", 1, 0))
+    with torch.no_grad():
+        agent.actor.mean.weight.zero_()
+        agent.actor.mean.bias.fill_(float(np.arctanh(0.5)))
+    loss, stats = bc.bc_loss(agent, torch.randn(3, 3), torch.tensor([[2.0], [-1.0], [3.0]]), "mse")
+    assert loss.tolist() == pytest.approx([0.25, 1.0, 0.25], abs=1e-6)
+    assert stats["mse"].item() == pytest.approx(0.5, abs=1e-6)
+    # Only the actor is trained.
+    params = bc.policy_parameters(agent)
+    assert {id(q) for q in params} == {id(q) for q in agent.actor.parameters()}
+
+
 def test_offline_normalizer_by_hand():
     env = make_env("Pendulum-v1", 1, 0, normalize_obs=True)
     obs = np.array([[0.0, 1.0, 5.0], [2.0, 3.0, 5.0]], np.float32)
