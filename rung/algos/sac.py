@@ -9,7 +9,8 @@ observation statistics and, with --autotune, the temperature) or from a bc run c
 --for-algo sac (its actor and observation statistics; the critics start fresh and the
 temperature at --init-alpha). A bc run cloned for ppo is refused: its Gaussian is unsquashed, on
 a tanh-activated body with a state-independent std, and no copy of weights turns it into this
-tanh-squashed actor (experts' actions sit at the bounds, where atanh is infinite). --init-reg-coef adds a behaviour-cloning term to the actor loss: the squared distance
+tanh-squashed actor (experts' actions sit at the bounds, where atanh is infinite).
+--init-reg-coef adds a behaviour-cloning term to the actor loss: the squared distance
 between the current and the initial policy's deterministic actions, both in the squashed [-1, 1]
 space so that the weight means the same for every action range.
 
@@ -17,7 +18,7 @@ Run:  rung train sac --env Pendulum-v1
       rung train sac --env FetchReach-v4 --her
       rung train sac --env Pendulum-v1 --init-from runs/sac-run --init-reg-coef 1 --init-reg-decay-steps 10000
       rung train bc --env FetchReach-v4 --dataset demos.npz --for-algo sac --hidden-sizes 256,256 --run-dir runs/clone
-      rung train sac --env FetchReach-v4 --her --init-from runs/clone
+      rung train sac --env FetchReach-v4 --her --normalize-obs --init-from runs/clone --init-reg-coef 1
 """
 
 from __future__ import annotations
