@@ -76,14 +76,15 @@ class BatchedEnv:
         u = torch.rand((n, *shape), generator=self.generator, dtype=self.dtype, device=self.device)
         return low + (high - low) * u
 
-    def _sample_params(self) -> dict[str, torch.Tensor]:
-        return {k: self.uniform(self.num_envs, low, high) for k, (low, high) in self.randomize.items()}
+    def _sample_params(self, n: int) -> dict[str, torch.Tensor]:
+        """Fresh values of the randomised parameters for `n` envs, (n,) each."""
+        return {k: self.uniform(n, low, high) for k, (low, high) in self.randomize.items()}
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         if seed is not None:
             self.generator.manual_seed(seed)
         self.state = self.initial_state(self.num_envs)
-        self.params.update(self._sample_params())
+        self.params.update(self._sample_params(self.num_envs))
         self.elapsed = torch.zeros_like(self.elapsed)
         self.ep_return = torch.zeros_like(self.ep_return)
         self.last_obs = self._obs(self.observe(self.state))
@@ -124,7 +125,7 @@ class BatchedEnv:
          episode_return, episode_length) = self._step_fn(self.state, actions, self.params, self.elapsed,
                                                           self.ep_return, fresh)
         if dense:
-            for k, v in self._sample_params().items():
+            for k, v in self._sample_params(self.num_envs).items():
                 self.params[k] = torch.where(done, v, self.params[k])
         else:
             ended = done.nonzero().squeeze(-1)
@@ -132,8 +133,8 @@ class BatchedEnv:
                 # Out of place: `final_obs` may be a view of the pre-reset state.
                 state = state.index_put((ended,), self.initial_state(len(ended)))
                 obs = self.observe(state)
-                for k, (low, high) in self.randomize.items():
-                    self.params[k] = self.params[k].index_put((ended,), self.uniform(len(ended), low, high))
+                for k, v in self._sample_params(len(ended)).items():
+                    self.params[k] = self.params[k].index_put((ended,), v)
         self.state = state
         obs = self._obs(obs)
         # Where an env did not end, its final observation is its observation: normalised with
