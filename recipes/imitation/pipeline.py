@@ -115,9 +115,10 @@ def target_for(algo: str, env: str) -> tuple[float | None, str]:
     return (preset.target if preset is not None else env_threshold(env)), EVAL_KEY
 
 
-def eval_curve(run_dir: Path, key: str = EVAL_KEY) -> list[tuple[int, float]]:
-    """(env step, `key`) of the periodic evaluations, in order: the mean return by default."""
-    return [(int(r["step"]), float(r[key])) for r in read_metrics(run_dir) if key in r]
+def eval_curve(rows: list[dict[str, Any]], key: str = EVAL_KEY) -> list[tuple[int, float]]:
+    """(env step, `key`) of the periodic evaluations in a run's metrics rows, in order: the mean
+    return by default."""
+    return [(int(r["step"]), float(r[key])) for r in rows if key in r]
 
 
 def first_at(curve: list[tuple[int, float]], target: float | None) -> int | None:
@@ -170,13 +171,15 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--demo-episodes must be >= 2 (bc holds one episode out for validation), got {a.demo_episodes}")
     expert = get_expert(a.env)
     target, target_key = target_for(a.algo, a.env)
+    # What the runs and the plot take as a return target: none where the target is a success rate.
+    target_return = target if target_key == EVAL_KEY else None
     rl = ALGOS[a.algo]
     overrides, source = rl_settings(a.algo, a.env)
     rl_steps = a.rl_steps or overrides.get("total_timesteps", 100_000)
     eval_every = a.eval_every or max(rl_steps // EVALS_PER_RUN, 1)
     decay = a.init_reg_decay_steps if a.init_reg_decay_steps is not None else rl_steps // 4
     common = {"total_timesteps": rl_steps, "eval_every": eval_every, "eval_episodes": a.eval_episodes}
-    if target_key == EVAL_KEY:
+    if target_key == EVAL_KEY:  # a success-rate preset keeps its own settings for the return target
         common["target_return"] = target
     scratch_cfg = dataclasses.replace(rl.Config(**overrides), **common)
     finetune_cfg = dataclasses.replace(scratch_cfg, normalize_obs=True, init_reg_coef=a.init_reg_coef,
@@ -192,7 +195,7 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
     bc_cfg = bc.Config(env=a.env, dataset=str(out / "demos.npz"), epochs=a.bc_epochs, normalize_obs=True,
                        hidden_sizes=scratch_cfg.hidden_sizes, activation=getattr(scratch_cfg, "activation", "tanh"),
                        for_algo=a.algo, seed=a.seeds[0], eval_episodes=a.eval_episodes,
-                       target_return=target if target_key == EVAL_KEY else None, run_dir=str(out / "bc"))
+                       target_return=target_return, run_dir=str(out / "bc"))
     bc_summary = bc.train(bc_cfg, force=True).summary
     print(f"[2/5] bc: eval return {bc_summary['eval_mean_return']:.2f} after {bc_summary['epochs']} epochs "
           f"-> {out / 'bc'}", flush=True)
@@ -204,8 +207,9 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
             run_dir = out / name / f"seed{seed}"
             extra = {"init_from": str(out / "bc")} if name == "from_bc" else {}
             summary = rl.train(dataclasses.replace(cfg, seed=seed, run_dir=str(run_dir), **extra), force=True).summary
-            curve = eval_curve(run_dir)
-            row[name] = {"run_dir": str(run_dir), "first_step_at_target": first_at(eval_curve(run_dir, target_key), target),
+            rows = read_metrics(run_dir)
+            curve = eval_curve(rows)
+            row[name] = {"run_dir": str(run_dir), "first_step_at_target": first_at(eval_curve(rows, target_key), target),
                          "final_eval": summary["eval_mean_return"], "curve": curve}
             if "eval_success_rate" in summary:
                 row[name]["final_success_rate"] = summary["eval_success_rate"]
@@ -227,7 +231,7 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
                       "final_paired": statistics.median([r[name]["final_paired"] for r in seeds])}
                for name in ("scratch", "from_bc")}
     name = a.algo.upper()
-    png = plot(out, a.env, name, target if target_key == EVAL_KEY else None, traj.mean_return,
+    png = plot(out, a.env, name, target_return, traj.mean_return,
                bc_summary["eval_mean_return"],
                {f"{name} from scratch": [r["scratch"]["curve"] for r in seeds],
                 f"{name} from the bc clone": [r["from_bc"]["curve"] for r in seeds]})
