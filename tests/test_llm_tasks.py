@@ -112,6 +112,18 @@ def test_math_scorer_is_strict_where_reasoning_gym_gives_partial_credit():
     assert get_task("chain_sum", scorer="math").reward(example, "#### 14") == (1.0, "ok")
 
 
+def test_format_reward_pays_a_wrong_answer_in_the_asked_form_only():
+    example = Example("", "14", {"entry": {"question": "", "answer": "14", "metadata": {}}})
+    task = get_task("chain_sum", scorer="math", format_reward=0.1)
+    assert task.reward(example, "1 + 13 = 14\n#### 14") == (1.0, "ok")  # a right answer earns 1, no more
+    assert task.reward(example, "#### 15") == (0.1, "wrong")
+    assert task.reward(example, "#### fourteen") == (0.0, "wrong")  # the form asks for a number
+    assert task.reward(example, "the sum is 15") == (0.0, "wrong")  # the last number, not the asked form
+    assert get_task("chain_sum", scorer="math").reward(example, "#### 15") == (0.0, "wrong")  # off by default
+    with pytest.raises(UserError, match="format_reward"):
+        get_task("chain_sum", format_reward=1.0)
+
+
 @pytest.mark.parametrize("expression, solution", [
     ("6 + 0 - 1", "6 + 0 = 6\n6 - 1 = 5\n#### 5"),
     ("4 - 5 - 3", "4 - 5 = -1\n-1 - 3 = -4\n#### -4"),

@@ -26,7 +26,7 @@ class LLMConfig(BaseConfig):
     task: str = "arithmetic"
     """Prompts and reward (rung.llm.tasks): arithmetic, chain_sum, gsm_symbolic, sentiment, humaneval, target_token."""
     task_options: str = ""
-    """Options of the task as NAME=VALUE,... (e.g. target=7 for target_token, max_terms=3 for chain_sum)."""
+    """Options of the task as NAME=VALUE,... (e.g. target=7 for target_token, max_terms=3 for chain_sum; the math tasks take format_reward=0.2, the reward for a wrong answer in the asked '#### <number>' form)."""
     total_steps: int = 50
     """Optimizer steps to train for."""
     batch_size: int = 8

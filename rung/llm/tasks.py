@@ -100,7 +100,7 @@ class ReasoningGymTask:
     """A reasoning-gym procedural dataset with answers given after "####"."""
 
     def __init__(self, name: str, dataset: str, defaults: dict,
-                 scorer: Literal["reasoning_gym", "math"] = "reasoning_gym", **config: Any):
+                 scorer: Literal["reasoning_gym", "math"] = "reasoning_gym", format_reward: float = 0.0, **config: Any):
         try:
             import reasoning_gym
             from reasoning_gym.dataset import ProceduralDataset
@@ -108,6 +108,12 @@ class ReasoningGymTask:
             raise missing_dependency("reasoning_gym", "llm") from None
         if scorer not in ("reasoning_gym", "math"):
             raise UserError(f"task '{name}' takes scorer='reasoning_gym' or 'math', got {scorer!r}")
+        if not 0.0 <= format_reward < 1.0:
+            raise UserError(f"task '{name}' takes format_reward in [0, 1) (a correct answer earns 1), got {format_reward!r}")
+        # A wrong answer written as '#### <number>' earns this much (DeepSeek-R1's format reward):
+        # where a model almost never answers correctly yet, it is the signal that teaches the
+        # asked-for form, and short answers that fit the token budget.
+        self.format_reward = float(format_reward)
         self.name, self.max_reward = name, 1.0
         self._dataset, self._config = dataset, {**defaults, **config}
         self._create = reasoning_gym.create_dataset
@@ -149,7 +155,11 @@ class ReasoningGymTask:
             number = normalize_number(extracted)
             canonical = extracted if number is None else str(int(number)) if number.is_integer() else repr(number)
             value = float(self._scorer.score_answer(canonical, example.meta["entry"]))
-        return value, "ok" if value >= self.max_reward else "wrong"
+        if value < self.max_reward:
+            if self.format_reward and "####" in completion and normalize_number(extracted) is not None:
+                value = max(value, self.format_reward)
+            return value, "wrong"
+        return value, "ok"
 
 
 def chain_sum_solution(expression: str) -> str:
