@@ -120,8 +120,9 @@ def test_format_reward_pays_a_wrong_answer_in_the_asked_form_only():
     assert task.reward(example, "#### fourteen") == (0.0, "wrong")  # the form asks for a number
     assert task.reward(example, "the sum is 15") == (0.0, "wrong")  # the last number, not the asked form
     assert get_task("chain_sum", scorer="math").reward(example, "#### 15") == (0.0, "wrong")  # off by default
-    with pytest.raises(UserError, match="format_reward"):
-        get_task("chain_sum", format_reward=1.0)
+    for bad in (1.0, -0.1, "high"):
+        with pytest.raises(UserError, match="format_reward"):
+            get_task("chain_sum", format_reward=bad)
 
 
 @pytest.mark.parametrize("expression, solution", [

@@ -108,7 +108,7 @@ class ReasoningGymTask:
             raise missing_dependency("reasoning_gym", "llm") from None
         if scorer not in ("reasoning_gym", "math"):
             raise UserError(f"task '{name}' takes scorer='reasoning_gym' or 'math', got {scorer!r}")
-        if not 0.0 <= format_reward < 1.0:
+        if isinstance(format_reward, bool) or not isinstance(format_reward, (int, float)) or not 0.0 <= format_reward < 1.0:
             raise UserError(f"task '{name}' takes format_reward in [0, 1) (a correct answer earns 1), got {format_reward!r}")
         # A wrong answer written as '#### <number>' earns this much (DeepSeek-R1's format reward):
         # where a model almost never answers correctly yet, it is the signal that teaches the
