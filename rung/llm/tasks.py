@@ -148,15 +148,15 @@ class ReasoningGymTask:
         extracted = extract_answer(completion)
         if extracted is None:
             return 0.0, "no_answer"
+        number = normalize_number(extracted)
         if self._scorer is None:
             value = math_reward(completion, example.answer)
         else:
             # The scorer compares strings: hand it the number in canonical form where there is one.
-            number = normalize_number(extracted)
             canonical = extracted if number is None else str(int(number)) if number.is_integer() else repr(number)
             value = float(self._scorer.score_answer(canonical, example.meta["entry"]))
         if value < self.max_reward:
-            if self.format_reward and "####" in completion and normalize_number(extracted) is not None:
+            if self.format_reward and "####" in completion and number is not None:
                 value = max(value, self.format_reward)
             return value, "wrong"
         return value, "ok"
