@@ -90,18 +90,28 @@ def test_polyak_update():
     assert all(torch.equal(p, torch.ones_like(p)) for p in target.parameters())
 
 
-def test_q_ensemble_equals_separate_critics_and_detach_params_spares_weights():
+@pytest.mark.parametrize("hidden", [(8, 8), ()])
+def test_q_ensemble_equals_separate_critics_and_detach_params_spares_weights(hidden):
     torch.manual_seed(0)
-    ens = QEnsemble(3, 2, (8, 8), n=2)
+    ens = QEnsemble(3, 2, hidden, n=2)
     obs, act = torch.randn(5, 3), torch.randn(5, 2, requires_grad=True)
     out = ens(obs, act)
+    out.sum().backward()
+    last = len(hidden)
     for i in range(2):
-        x = torch.cat([obs, act], -1)
-        for j, (w, b) in enumerate(zip(ens.weights, ens.biases)):
-            x = x @ w[i] + b[i, 0]
-            if j < 2:
+        ws = [w[i].detach().clone().requires_grad_() for w in ens.weights]
+        bs = [b[i, 0].detach().clone().requires_grad_() for b in ens.biases]
+        x = torch.cat([obs, act.detach()], -1)
+        for j, (w, b) in enumerate(zip(ws, bs)):
+            x = x @ w + b
+            if j < last:
                 x = torch.relu(x)
         assert torch.allclose(out[i], x.squeeze(-1), atol=1e-6)
+        x.sum().backward()
+        for mine, ref in zip([*ens.weights, *ens.biases], [*ws, *bs]):
+            assert torch.allclose(mine.grad[i].reshape(ref.shape), ref.grad, atol=1e-6)
+    act.grad = None
+    ens.zero_grad(set_to_none=True)
     ens(obs, act, detach_params=True).sum().backward()
     assert act.grad is not None and all(p.grad is None for p in ens.parameters())
 

@@ -79,14 +79,16 @@ class QEnsemble(nn.Module):
         """(n, B) Q-values. `detach_params` gives gradients to the inputs only: the actor's loss
         needs dQ/da, and computing the critics' own weight gradients there would be wasted work."""
         x = torch.cat([obs, action], -1).unsqueeze(0).expand(self.n, -1, -1)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if detach_params:
-                w, b = w.detach(), b.detach()
-            x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = torch.relu(x)
-        return x.squeeze(-1)
+        weights, biases = list(self.weights), list(self.biases)
+        if detach_params:
+            weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+        for w, b in zip(weights[:-1], biases[:-1]):
+            x = torch.relu(torch.baddbmm(b, x, w))
+        # The output layer as multiply-and-sum rather than a batched matmul with one output
+        # column: this CPU build runs that matrix-vector product and the outer product of its
+        # backward pass on slow paths (about 0.2 and 0.5 ms for two 256-wide critics at batch
+        # 256, against microseconds elementwise), 1.5-2 ms of a 20 ms SAC update.
+        return (x * weights[-1].transpose(1, 2)).sum(-1) + biases[-1].squeeze(-1)
 
 
 class DeterministicActor(nn.Module):
