@@ -14,6 +14,7 @@ from rung.objectives import (
     masked_aggregate,
     masked_whiten,
     ppo_clip_loss,
+    process_advantages,
     reinforce_token_loss,
     rloo_advantages,
     sft_loss,
@@ -348,3 +349,37 @@ def test_gradient_accumulation_does_not_change_the_gradient(mode, num_micro):
     local = sum(grad_of(W, micro_loss(W, batch, rows, mode, global_counts=False)) for rows in SPLITS[num_micro])
     assert not torch.allclose(local, full, rtol=1e-3, atol=1e-6)
 
+
+
+def test_process_advantages_by_hand():
+    # One group of two responses. The first has two steps (right, then wrong) ending at tokens 1
+    # and 3, the second one right step ending at token 2. Group step rewards {1, 0, 1}: mean 2/3,
+    # Bessel std sqrt(1/3); so a right step normalises to +1/sqrt(3), a wrong one to -2/sqrt(3).
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    ends = torch.tensor([[1, 3], [2, 0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    right, wrong = 1 / math.sqrt(3), -2 / math.sqrt(3)
+    adv = process_advantages(rewards, ends, mask, 2, 5)
+    expected = torch.tensor([[right + wrong, right + wrong, wrong, wrong, 0.0],
+                             [right, right, right, 0.0, 0.0]])
+    assert torch.allclose(adv, expected, atol=1e-5)
+    # Without the std: deviations from the mean, 1/3 and -2/3.
+    adv = process_advantages(rewards, ends, mask, 2, 5, scale="none")
+    assert torch.allclose(adv[0], torch.tensor([-1 / 3, -1 / 3, -2 / 3, -2 / 3, 0.0]), atol=1e-6)
+    assert torch.allclose(adv[1], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0, 0.0]), atol=1e-6)
+
+
+def test_process_advantages_groups_apart_and_equal_groups_zero():
+    # Two groups of two: the first all right (no signal, exactly 0), the second as one outcome
+    # step each, where process supervision reduces to the outcome advantage on every token.
+    rewards = torch.tensor([[1.0], [1.0], [1.0], [0.0]])
+    ends = torch.tensor([[2], [2], [3], [3]])
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    adv = process_advantages(rewards, ends, mask, 2, 4)
+    assert torch.equal(adv[:2], torch.zeros(2, 4))
+    outcome = group_advantages(torch.tensor([1.0, 0.0]), 2)
+    assert torch.allclose(adv[2:], outcome.unsqueeze(-1).expand(2, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="groups of 3"):
+        process_advantages(rewards, ends, mask, 3, 4)
+    with pytest.raises(ValueError, match="alike"):
+        process_advantages(rewards, ends[:, :0], mask, 2, 4)

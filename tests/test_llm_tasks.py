@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from rung.errors import UserError
-from rung.llm.tasks import MATH_PROMPT, SENTENCE_STARTS, TASKS, Example, get_task
+from rung.llm.tasks import MATH_PROMPT, SENTENCE_STARTS, TASKS, Example, chain_sum_solution, get_task
 
 MATH_TASKS = ["arithmetic", "chain_sum", "gsm_symbolic"]
 
@@ -208,3 +208,32 @@ def test_worked_sums_recipe_writes_train_problems_with_full_marks(tmp_path):
     for r in rows:
         example = next(e for e in task.prompts("train", 30, 12345) if e.prompt == r["prompt"])
         assert task.reward(example, r["response"]) == (1.0, "ok")
+
+
+@pytest.mark.parametrize("completion, expected", [
+    # Both worked lines right, then the answer: three steps, each ending where its line does.
+    ("98 + 9 = 107\n107 - 7 = 100\n#### 100", [(12, 1.0), (26, 1.0), (35, 1.0)]),
+    # The first line wrong, the second right given the first, the answer wrong: only the step
+    # that matches the worked solution at its place earns, the chain from a wrong sum does not.
+    ("98 + 9 = 108\n108 - 7 = 101\n#### 101", [(12, 0.0), (26, 0.0), (35, 0.0)]),
+    # Spaces ignored and blank lines skipped; text after the answer belongs to the last step.
+    ("98+9=107\n\n107 - 7 = 100\n#### 100\nDone.", [(8, 1.0), (23, 1.0), (38, 1.0)]),
+    # A right answer without the worked lines is one step, the outcome.
+    ("#### 100", [(8, 1.0)]),
+    # No '####' line: every line is a step, and the last step (empty here) earns the outcome,
+    # which the scorer reads from the last number when there is no '####'.
+    ("98 + 9 = 107\nso 100", [(12, 1.0), (19, 0.0), (19, 1.0)]),
+    # A line too many is wrong.
+    ("98 + 9 = 107\n107 - 7 = 100\n100 + 0 = 100\n#### 100", [(12, 1.0), (26, 1.0), (40, 0.0), (49, 1.0)]),
+])
+def test_chain_sum_step_rewards_by_hand(completion, expected):
+    task = get_task("chain_sum", scorer="math")
+    example = Example("", "100", {"entry": {"question": "", "answer": "100", "metadata": {}},
+                                  "solution": chain_sum_solution("98 + 9 - 7")})
+    assert task.step_rewards(example, completion) == expected
+
+
+def test_step_rewards_only_where_steps_are_checkable():
+    assert get_task("chain_sum").has_steps and not get_task("arithmetic").has_steps
+    with pytest.raises(UserError, match="no step checker"):
+        get_task("arithmetic").step_rewards(Example("", "1", {}), "#### 1")

@@ -11,6 +11,12 @@ sequences) or constant (Dr. GRPO: sum over tokens / (sequences * max_new_tokens)
 normalisers are global counts over the whole batch and every process, so micro-batching and
 the number of processes do not change the gradient.
 
+--advantage process replaces the one reward per response with a reward per reasoning step,
+DeepSeekMath's process supervision (sec. 4.1.3): step rewards are normalised over the group's
+steps and each token's advantage sums those of its own and later steps, so a wrong line is
+charged to itself, not to the right lines after it. It needs a task that can check each step
+(chain_sum: one worked operation a line).
+
 Deviations and simplifications: one generation batch feeds --update-epochs optimizer passes
 over it (1 by default, where the ratio is exactly 1 at the update and only the clip's
 gradient-zeroing never triggers, as in TRL's default); the reference model is a frozen copy of
@@ -19,6 +25,7 @@ dynamic sampling (DAPO's filtering of all-equal groups: they simply contribute z
 
 Run:  rung train grpo --model smollm2-135m --task arithmetic
       rung train grpo --model tiny-gpt --task target_token --task-options target=7
+      rung train grpo --model RUN_DIR --task chain_sum --advantage process
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from rung.llm.loop import (
     sample_step,
     start_training,
 )
-from rung.objectives import clipped_token_pg_loss, group_advantages, kl_penalty, masked_aggregate
+from rung.objectives import clipped_token_pg_loss, group_advantages, kl_penalty, masked_aggregate, process_advantages
 from rung.run import Run, TrainResult
 
 
@@ -62,6 +69,9 @@ class Config(LLMConfig):
     """How per-token losses are summed up: token_mean (DAPO), seq_mean (GRPO), constant (Dr. GRPO)."""
     scale_rewards: Literal["std", "none"] = "std"
     """Divide advantages by the group's reward std (GRPO) or not (Dr. GRPO)."""
+    advantage: Literal["outcome", "process"] = "outcome"
+    """outcome: one reward per response, every token's advantage (GRPO); process: a reward per
+    step, for tasks with a step checker (chain_sum), DeepSeekMath's process supervision."""
 
     def validate(self) -> None:
         super().validate()
@@ -77,6 +87,25 @@ class Config(LLMConfig):
 def make_agent(cfg: Config, device: torch.device | str = "cpu"):
     """(model, tokenizer): the policy."""
     return load_policy(cfg, torch.device(device))
+
+
+def step_tensors(tokenizer, rollout, steps: list[list[tuple[int, float]]]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each response's steps, [(end character, reward)] as the task's `step_rewards` gives them, as
+    (B, S) tensors for `process_advantages`: rewards, the response position of the token in which
+    each step ends, and the mask of real steps (S is the most steps of any response)."""
+    B, S = len(steps), max(len(s) for s in steps)
+    rewards, ends, mask = torch.zeros(B, S), torch.zeros(B, S, dtype=torch.long), torch.zeros(B, S, dtype=torch.bool)
+    for i, row in enumerate(steps):
+        positions = rollout.response_mask[i].nonzero().flatten().tolist()
+        ids = rollout.response_ids[i, positions].tolist()
+        # The text each prefix of the response decodes to, as the rollout's texts were decoded: a
+        # step ends in the first token whose prefix reaches the step's last character.
+        reach = [len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+        for j, (end, reward) in enumerate(row):
+            k = next((k for k, n in enumerate(reach) if n >= end), len(ids) - 1)
+            rewards[i, j], ends[i, j], mask[i, j] = reward, positions[max(k, 0)] if positions else 0, True
+    return rewards, ends, mask
 
 
 def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config,
@@ -121,6 +150,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     device, world = run.device, run.dist.world_size
     model, tokenizer = make_agent(cfg, device)
     task = load_task(cfg)
+    if cfg.advantage == "process" and not getattr(task, "has_steps", False):
+        raise UserError(f"--advantage process needs a task that checks each step (chain_sum); '{cfg.task}' does not")
     reference = frozen_reference(model, cfg)
     training, start = start_training(run, cfg, model, tokenizer, task)
     optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
@@ -131,10 +162,19 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     step = start
     for step in range(start + 1, cfg.total_steps + 1):
         t0 = time.perf_counter()
-        _, rollout, rewards, reasons = sample_step(model, tokenizer, task, cfg, step, run.dist.rank, G, gen)
-        t_rollout = time.perf_counter() - t0
-        advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
+        examples, rollout, rewards, reasons = sample_step(model, tokenizer, task, cfg, step, run.dist.rank, G, gen)
         mask = rollout.response_mask
+        process: dict[str, float] = {}
+        if cfg.advantage == "process":
+            steps = [task.step_rewards(e, text) for e, text in zip([e for e in examples for _ in range(G)], rollout.texts)]
+            step_rewards, step_ends, step_mask = step_tensors(tokenizer, rollout, steps)
+            advantages = process_advantages(step_rewards, step_ends, step_mask, G, mask.shape[1],
+                                            scale=cfg.scale_rewards).to(device)
+            worked = [r for row in steps for _, r in row[:-1]]
+            process["llm/step_accuracy"] = sum(worked) / max(len(worked), 1)
+        else:
+            advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
+        t_rollout = time.perf_counter() - t0
         B = mask.shape[0]
         counts = global_counts(mask, world)
         ref_logprobs = old_logprobs = None
@@ -154,7 +194,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
-        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), "llm/tokens": float(counts[0]),
+        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), **process, "llm/tokens": float(counts[0]),
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
         run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")

@@ -120,6 +120,9 @@ class ReasoningGymTask:
         probe = self._make(size=1, seed=0)  # bad options fail here, not in the middle of training
         own = type(probe).score_answer is not ProceduralDataset.score_answer
         self._scorer = probe if own and scorer == "reasoning_gym" else None
+        # Process supervision needs each step checkable: chain sums have one worked line per
+        # operation (chain_sum_solution); other datasets have no step checker yet.
+        self.has_steps = dataset == "chain_sum"
 
     def _make(self, size: int, seed: int):
         try:
@@ -160,6 +163,29 @@ class ReasoningGymTask:
                 value = max(value, self.format_reward)
             return value, "wrong"
         return value, "ok"
+
+
+    def step_rewards(self, example: Example, completion: str) -> list[tuple[int, float]]:
+        """The completion's steps with a reward each, for process supervision: [(end, reward)],
+        `end` the index in `completion` just past the step. Steps are the non-empty lines before
+        the first one holding '####'; the k-th earns 1 where it is the k-th line of the worked
+        solution (`chain_sum_solution`; spaces ignored), else 0. The last step is the rest of the
+        completion, the '####' line and anything after it, and earns the outcome reward."""
+        if not self.has_steps:
+            raise UserError(f"task '{self.name}' has no step checker; process supervision needs chain_sum")
+        worked = example.meta["solution"].split("\n")[:-1]
+        steps: list[tuple[int, float]] = []
+        start = 0
+        for line in completion.split("\n"):
+            if "####" in line:
+                break
+            if line.strip():
+                k = len(steps)
+                right = k < len(worked) and line.replace(" ", "") == worked[k].replace(" ", "")
+                steps.append((start + len(line), 1.0 if right else 0.0))
+            start += len(line) + 1
+        steps.append((len(completion), self.reward(example, completion)[0]))
+        return steps
 
 
 def chain_sum_solution(expression: str) -> str:

@@ -17,6 +17,7 @@ from rung.objectives.llm import (
     kl_penalty,
     masked_aggregate,
     masked_whiten,
+    process_advantages,
     reinforce_token_loss,
     rloo_advantages,
     sft_loss,
@@ -36,6 +37,6 @@ __all__ = ["gae", "discounted_returns", "normalize", "ppo_clip_loss", "value_los
            "dqn_target", "td_loss", "clipped_double_q_target", "smoothed_target_action", "soft_q_target",
            "deterministic_policy_loss", "sac_policy_loss", "temperature_loss", "bc_discrete_loss", "bc_gaussian_nll_loss",
            "bc_mse_loss", "td3_bc_actor_loss", "kl_categorical", "kl_diag_gaussian", "decayed_coef",
-           "Aggregation", "KLEstimator", "group_advantages", "rloo_advantages", "masked_aggregate",
+           "Aggregation", "KLEstimator", "group_advantages", "process_advantages", "rloo_advantages", "masked_aggregate",
            "clipped_token_pg_loss", "kl_penalty", "token_rewards", "token_gae", "masked_whiten",
            "reinforce_token_loss", "sft_loss"]

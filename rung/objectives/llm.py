@@ -61,6 +61,43 @@ def group_advantages(rewards: torch.Tensor, group_size: int, *, scale: Literal["
     return adv.masked_fill(equal, 0.0).view(-1)
 
 
+def process_advantages(step_rewards: torch.Tensor, step_ends: torch.Tensor, step_mask: torch.Tensor, group_size: int,
+                       num_tokens: int, *, scale: Literal["std", "none"] = "std", eps: float = 1e-6) -> torch.Tensor:
+    """GRPO with process supervision (Shao et al. 2024, DeepSeekMath sec. 4.1.3): a reward per
+    reasoning step instead of one per response. Each step's reward is normalised by the mean (and,
+    with scale="std", the Bessel-corrected std) of all step rewards in its group, every step of
+    every response to the same prompt; a token's advantage is the sum of the normalised rewards of
+    the steps that end at or after it, its own step and all later ones. So a wrong line is charged
+    to its own tokens and those before it, never to the lines after it.
+
+    step_rewards, step_ends (index of each step's last token in the response), step_mask (B, S),
+    padded steps masked out; returns (B, num_tokens). Tokens after a response's last step get 0,
+    and so does every token of a group whose step rewards are all equal (no signal, as in
+    `group_advantages`)."""
+    if step_rewards.dim() != 2 or step_rewards.shape != step_ends.shape or step_rewards.shape != step_mask.shape:
+        raise ValueError(f"step_rewards, step_ends and step_mask must be (B, S) alike, got {tuple(step_rewards.shape)}, "
+                         f"{tuple(step_ends.shape)}, {tuple(step_mask.shape)}")
+    B, S = step_rewards.shape
+    if group_size < 1 or B % group_size:
+        raise ValueError(f"{B} responses do not split into groups of {group_size}")
+    mask = step_mask.bool()
+    zero = torch.zeros((), dtype=torch.float32, device=step_rewards.device)
+    r = torch.where(mask, step_rewards.float(), zero)
+    g, gm = r.reshape(-1, group_size * S), mask.reshape(-1, group_size * S)
+    n = gm.sum(1, keepdim=True)
+    dev = torch.where(gm, g - g.sum(1, keepdim=True) / n.clamp_min(1), zero)
+    if scale == "std":
+        std = (dev.pow(2).sum(1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+        dev = dev / (std + eps)
+    elif scale != "none":
+        raise ValueError(f"unknown scale {scale!r}; use std or none")
+    big = torch.finfo(torch.float32).max
+    equal = torch.where(gm, g, -big).amax(1, keepdim=True) <= torch.where(gm, g, big).amin(1, keepdim=True)
+    normalised = dev.masked_fill(equal, 0.0).view(B, S)
+    covers = step_ends.unsqueeze(-1) >= torch.arange(num_tokens, device=step_ends.device)  # (B, S, T)
+    return (normalised.unsqueeze(-1) * covers).sum(1)
+
+
 def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024): each sample's reward minus the mean reward
     of the other G - 1 samples of its prompt, a baseline that does not depend on the sample itself
