@@ -148,10 +148,10 @@ def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config,
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("grpo", cfg, resume=resume, force=force)
     device, world = run.device, run.dist.world_size
-    model, tokenizer = make_agent(cfg, device)
     task = load_task(cfg)
     if cfg.advantage == "process" and not getattr(task, "has_steps", False):
         raise UserError(f"--advantage process needs a task that checks each step (chain_sum); '{cfg.task}' does not")
+    model, tokenizer = make_agent(cfg, device)
     reference = frozen_reference(model, cfg)
     training, start = start_training(run, cfg, model, tokenizer, task)
     optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
