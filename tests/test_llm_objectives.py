@@ -350,7 +350,6 @@ def test_gradient_accumulation_does_not_change_the_gradient(mode, num_micro):
     assert not torch.allclose(local, full, rtol=1e-3, atol=1e-6)
 
 
-
 def test_process_advantages_by_hand():
     # One group of two responses. The first has two steps (right, then wrong) ending at tokens 1
     # and 3, the second one right step ending at token 2. Group step rewards {1, 0, 1}: mean 2/3,

@@ -164,7 +164,6 @@ class ReasoningGymTask:
             return value, "wrong"
         return value, "ok"
 
-
     def step_rewards(self, example: Example, completion: str) -> list[tuple[int, float]]:
         """The completion's steps with a reward each, for process supervision: [(end, reward)],
         `end` the index in `completion` just past the step. Steps are the non-empty lines before
