@@ -88,6 +88,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     (["--task-options", "target"], "--task-options expects NAME=VALUE"),
     (["--loss-aggregation", "sum"], "--loss-aggregation expects one of token_mean, seq_mean, constant"),
     (["--advantage", "process"], "--advantage process needs a task that checks each step"),
+    (["--max-sampling-rounds", "0"], "--max-sampling-rounds must be >= 1"),
     (["--model", "/no/such/folder"], "/no/such/folder"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, flags, message):
@@ -135,3 +136,79 @@ def test_process_supervision_runs_on_chain_sums(tmp_path):
     result = grpo.train(cfg)
     rows = [m for m in read_metrics(result.run_dir) if "llm/step_accuracy" in m]
     assert len(rows) == 2 and all(0.0 <= m["llm/step_accuracy"] <= 1.0 for m in rows)
+
+
+@pytest.fixture
+def scripted_batches(monkeypatch):
+    """draw_batch over batches of 2 prompts x 4 responses whose rewards are scripted per attempt,
+    the responses being tiny-gpt's own samples."""
+    from collections import Counter
+
+    from rung.llm.generation import generate
+    from rung.llm.models import load_model
+
+    model, tok = load_model("tiny-gpt")
+    script = {0: [0, 0, 0, 0, 1, 0, 0, 0],  # group 0 all wrong, group 1 has a signal
+              1: [1, 0, 1, 0, 1, 1, 1, 1],  # group 0 has a signal, group 1 all right
+              2: [0, 1, 0, 0, 0, 0, 1, 0]}
+    drawn = {}
+
+    def fake_sample_step(model_, tok_, task, cfg, step, rank, G, gen, attempt=0):
+        rollout = generate(model, tok, [f"prompt {attempt}"] * 4 + [f"other {attempt}!"] * 4, max_new_tokens=3 + attempt,
+                           seed=attempt)
+        drawn[attempt] = rollout
+        rewards = torch.tensor(script.get(attempt, [0.0] * 8), dtype=torch.float32)
+        return [None, None], rollout, rewards, Counter(ok=8)
+
+    monkeypatch.setattr(grpo, "sample_step", fake_sample_step)
+    from rung.llm.tasks import get_task
+
+    def draw(**kw):
+        cfg = tiny_cfg("unused", batch_size=2, num_generations=4, **kw)
+        return grpo.draw_batch(model, tok, get_task("target_token", target="A"), cfg, 1, 0, torch.Generator(), "cpu")
+
+    return draw, drawn, script
+
+
+def test_dynamic_sampling_keeps_the_groups_with_a_signal_until_the_batch_is_full(scripted_batches):
+    draw, drawn, script = scripted_batches
+    rollout, advantages, metrics = draw(dynamic_sampling=True)
+    assert set(drawn) == {0, 1}  # the second batch filled it: no third is drawn
+    assert rollout.texts == drawn[0].texts[4:] + drawn[1].texts[:4]
+    expected = grpo.group_advantages(torch.tensor(script[0][4:] + script[1][:4], dtype=torch.float32), 4)
+    torch.testing.assert_close(advantages, expected)
+    assert advantages.ne(0).any()
+    assert metrics["llm/sampling_rounds"] == 2 and metrics["llm/kept_groups"] == 1.0
+    assert metrics["llm/informative_groups"] == 0.5
+    assert metrics["llm/reward_mean"] == pytest.approx((sum(script[0]) + sum(script[1])) / 16)
+
+
+def test_dynamic_sampling_stops_at_its_cap_and_falls_back_to_the_first_batch(scripted_batches):
+    draw, drawn, script = scripted_batches
+    rollout, advantages, metrics = draw(dynamic_sampling=True, max_sampling_rounds=1)
+    assert rollout.texts == drawn[0].texts[4:] and metrics["llm/kept_groups"] == 0.5
+    script.update({0: [0] * 8, 1: [1] * 8, 2: [0] * 8, 3: [1] * 8})
+    rollout, advantages, metrics = draw(dynamic_sampling=True)
+    # Nothing to learn from in four batches: the step updates on its first, all advantages 0.
+    assert rollout.texts == drawn[0].texts and advantages.eq(0).all()
+    assert metrics["llm/sampling_rounds"] == 4 and metrics["llm/kept_groups"] == 0.0
+
+
+def test_without_dynamic_sampling_the_batch_is_the_one_sampled(scripted_batches):
+    draw, drawn, script = scripted_batches
+    rollout, advantages, metrics = draw()
+    assert set(drawn) == {0} and rollout is drawn[0] and advantages[:4].eq(0).all()
+    assert metrics["llm/sampling_rounds"] == 1 and metrics["llm/informative_groups"] == 0.5
+
+
+def test_dynamic_sampling_runs_end_to_end_and_resumes(tmp_path):
+    # Target "t" is said about one time in ten by the untrained model: most groups are all wrong.
+    kw = dict(task_options="target=t", dynamic_sampling=True, max_sampling_rounds=3, checkpoint_every=2)
+    full = grpo.train(tiny_cfg(tmp_path / "full", total_steps=4, **kw))
+    rows = [m for m in read_metrics(full.run_dir) if "llm/sampling_rounds" in m]
+    assert len(rows) == 4 and any(m["llm/sampling_rounds"] > 1 for m in rows)
+    cfg = tiny_cfg(tmp_path / "cut", total_steps=2, **kw)
+    grpo.train(cfg)
+    resumed = grpo.train(dataclasses.replace(cfg, total_steps=4), resume=True)
+    a, b = weights(full.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

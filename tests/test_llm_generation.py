@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 
 from rung.errors import UserError  # noqa: E402
-from rung.llm.generation import generate, generate_grouped, sample_next  # noqa: E402
+from rung.llm.generation import concat_rollouts, generate, generate_grouped, padding_id, sample_next, select_rows  # noqa: E402
 from rung.llm.logprobs import sequence_logprob, token_logprobs  # noqa: E402
 from rung.llm.models import load_model  # noqa: E402
 
@@ -227,3 +227,23 @@ def test_generation_errors(tiny):
         generate(model, tok, ["hi"], max_new_tokens=1000)
     with pytest.raises(UserError, match="num_generations"):
         generate_grouped(model, tok, ["hi"], num_generations=0)
+
+
+def test_selected_and_concatenated_rows_keep_their_logprobs(tiny):
+    # Two batches padded to different widths (prompts and responses), joined as dynamic sampling
+    # joins them: every kept row must score what it scored in its own batch.
+    model, tok = tiny
+    a = generate(model, tok, PROMPTS, max_new_tokens=12, seed=1)
+    b = generate(model, tok, ["7", "a much longer prompt than any of the others here"], max_new_tokens=5, seed=2)
+    assert a.prompt_ids.shape[1] != b.prompt_ids.shape[1] and a.response_ids.shape[1] != b.response_ids.shape[1]
+    picked = select_rows(a, torch.tensor([2, 0]))
+    assert picked.texts == [a.texts[2], a.texts[0]] and picked.num_new_tokens == int(a.response_mask[[2, 0]].sum())
+    joined = concat_rollouts([picked, b], padding_id(tok))
+    assert joined.texts == picked.texts + b.texts and joined.num_new_tokens == picked.num_new_tokens + b.num_new_tokens
+    with torch.no_grad():
+        scored = _logprobs(model, joined)
+        for rows, part in ((slice(0, 2), picked), (slice(2, 4), b)):
+            T = part.response_ids.shape[1]
+            torch.testing.assert_close(scored[rows, :T], _logprobs(model, part), rtol=0, atol=1e-5)
+            assert scored[rows, T:].eq(0).all() and not joined.response_mask[rows, T:].any()
+            torch.testing.assert_close(joined.logprobs[rows, :T], part.logprobs)

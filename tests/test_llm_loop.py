@@ -43,6 +43,9 @@ def test_a_step_samples_the_same_responses_whenever_it_runs(tiny):
     assert first[1].texts == again[1].texts and torch.equal(first[2], again[2])
     assert len(first[0]) == 2 and first[1].response_ids.shape[0] == 8
     assert len({step_seed(1, s, r) for s in range(1, 50) for r in range(4)}) == 49 * 4
+    assert len({step_seed(1, s, r, k) for s in range(1, 50) for r in range(4) for k in range(4)}) == 49 * 4 * 4
+    assert step_seed(1, 3, 0, 0) == step_seed(1, 3, 0)
+    assert sample_step(model, tokenizer, task, cfg, 3, 0, 4, gen, attempt=1)[1].texts != first[1].texts
     metrics = rollout_metrics(task, first[1], first[2], first[3])
     assert metrics["llm/accuracy"] == pytest.approx(float(first[2].mean()))
     assert metrics["llm/response_length"] <= 4

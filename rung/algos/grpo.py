@@ -20,8 +20,13 @@ charged to itself, not to the right lines after it. It needs a task that can che
 Deviations and simplifications: one generation batch feeds --update-epochs optimizer passes
 over it (1 by default, where the ratio is exactly 1 at the update and only the clip's
 gradient-zeroing never triggers, as in TRL's default); the reference model is a frozen copy of
-the starting weights (with LoRA, the base with adapters turned off), never refreshed; no
-dynamic sampling (DAPO's filtering of all-equal groups: they simply contribute zero advantage).
+the starting weights (with LoRA, the base with adapters turned off), never refreshed.
+
+--dynamic-sampling is DAPO's (Yu et al. 2025): a group whose responses all score the same has
+zero advantage and only dilutes a token mean, so such groups are dropped and more prompts drawn
+(at most --max-sampling-rounds batches a step) until the batch has `batch_size` groups with a
+signal; the first ones found are kept. A step that finds none updates on its first batch, whose
+advantages are zero, as it would without the flag. Metrics average over every batch drawn.
 
 Run:  rung train grpo --model smollm2-135m --task arithmetic
       rung train grpo --model tiny-gpt --task target_token --task-options target=7
@@ -39,6 +44,7 @@ import torch
 
 from rung.errors import UserError
 from rung.llm.config import LLMConfig, load_policy, load_task
+from rung.llm.generation import Rollout, concat_rollouts, padding_id, select_rows
 from rung.llm.logprobs import token_logprobs
 from rung.llm.loop import (
     finish_training,
@@ -72,11 +78,19 @@ class Config(LLMConfig):
     advantage: Literal["outcome", "process"] = "outcome"
     """outcome: one reward per response, every token's advantage (GRPO); process: a reward per
     step, for tasks with a step checker (chain_sum), DeepSeekMath's process supervision."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop groups whose advantages are all zero (every response equal)
+    and draw more prompts until the batch holds `batch_size` groups that carry a signal."""
+    max_sampling_rounds: int = 4
+    """With --dynamic-sampling, the most batches of prompts one step draws before it updates on
+    what it has (DAPO's cap on generation batches)."""
 
     def validate(self) -> None:
         super().validate()
         if self.num_generations < 2:
             raise UserError(f"--num-generations must be >= 2 (a group of one has no baseline), got {self.num_generations}")
+        if self.max_sampling_rounds < 1:
+            raise UserError(f"--max-sampling-rounds must be >= 1, got {self.max_sampling_rounds}")
         if self.update_epochs < 1:
             raise UserError(f"--update-epochs must be >= 1, got {self.update_epochs}")
         for name in ("clip_low", "clip_high", "kl_coef"):
@@ -106,6 +120,63 @@ def step_tensors(tokenizer, rollout, steps: list[list[tuple[int, float]]]
             k = next((k for k, n in enumerate(reach) if n >= end), len(ids) - 1)
             rewards[i, j], ends[i, j], mask[i, j] = reward, positions[max(k, 0)] if positions else 0, True
     return rewards, ends, mask
+
+
+def score_batch(task, tokenizer, examples, rollout, rewards: torch.Tensor, cfg: Config, device
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Advantages of one sampled batch, (B,) for outcome rewards or (B, T) per token for process
+    rewards, and the process metrics (none for outcome rewards)."""
+    G = cfg.num_generations
+    if cfg.advantage == "outcome":
+        return group_advantages(rewards.to(device), G, scale=cfg.scale_rewards), {}
+    steps = [task.step_rewards(e, text) for e, text in zip([e for e in examples for _ in range(G)], rollout.texts)]
+    step_rewards, step_ends, step_mask = step_tensors(tokenizer, rollout, steps)
+    advantages = process_advantages(step_rewards, step_ends, step_mask, G, rollout.response_mask.shape[1],
+                                    scale=cfg.scale_rewards).to(device)
+    worked = [r for row in steps for _, r in row[:-1]]
+    return advantages, {"llm/step_accuracy": sum(worked) / max(len(worked), 1)}
+
+
+def informative_groups(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(num_groups,) bool: the groups with a non-zero advantage anywhere. `group_advantages` and
+    `process_advantages` give exactly 0 to every response of a group whose rewards are all equal."""
+    return advantages.reshape(advantages.shape[0] // group_size, -1).ne(0).any(1)
+
+
+def draw_batch(model, tokenizer, task, cfg: Config, step: int, rank: int, gen: torch.Generator, device
+               ) -> tuple[Rollout, torch.Tensor, dict[str, float]]:
+    """The step's training batch: (rollout, its advantages, llm/* metrics averaged over every batch
+    drawn). Without --dynamic-sampling, one batch as sampled; with it, only the groups that carry a
+    signal, from as many batches as it takes (see the module docstring)."""
+    G = cfg.num_generations
+    kept: list[tuple[Rollout, torch.Tensor]] = []
+    first: tuple[Rollout, torch.Tensor] | None = None
+    drawn: list[dict[str, float]] = []
+    num_kept = 0
+    for attempt in range(cfg.max_sampling_rounds if cfg.dynamic_sampling else 1):
+        examples, rollout, rewards, reasons = sample_step(model, tokenizer, task, cfg, step, rank, G, gen, attempt)
+        advantages, process = score_batch(task, tokenizer, examples, rollout, rewards, cfg, device)
+        signal = informative_groups(advantages, G)
+        drawn.append({**rollout_metrics(task, rollout, rewards, reasons), **process,
+                      "llm/informative_groups": float(signal.float().mean())})
+        first = first or (rollout, advantages)
+        groups = signal.nonzero().flatten()[:cfg.batch_size - num_kept].cpu()
+        if len(groups):
+            rows = (groups[:, None] * G + torch.arange(G)).flatten()
+            kept.append((select_rows(rollout, rows), advantages[rows.to(advantages.device)]))
+            num_kept += len(groups)
+        if num_kept == cfg.batch_size:
+            break
+    if not cfg.dynamic_sampling or not kept:
+        kept = [first]
+    metrics = {k: sum(d.get(k, 0.0) for d in drawn) / len(drawn) for k in dict.fromkeys(k for d in drawn for k in d)}
+    metrics.update({"llm/sampling_rounds": float(len(drawn)), "llm/kept_groups": num_kept / cfg.batch_size})
+    if len(kept) == 1:
+        return kept[0][0], kept[0][1], metrics
+    rollout = concat_rollouts([r for r, _ in kept], padding_id(tokenizer))
+    T = rollout.response_ids.shape[1]
+    advantages = torch.cat([a if a.dim() == 1 else torch.nn.functional.pad(a, (0, T - a.shape[1])) for _, a in kept])
+    return rollout, advantages, metrics
 
 
 def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config,
@@ -162,20 +233,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     step = start
     for step in range(start + 1, cfg.total_steps + 1):
         t0 = time.perf_counter()
-        examples, rollout, rewards, reasons = sample_step(model, tokenizer, task, cfg, step, run.dist.rank, G, gen)
+        rollout, advantages, drawn = draw_batch(model, tokenizer, task, cfg, step, run.dist.rank, gen, device)
         mask = rollout.response_mask
-        process: dict[str, float] = {}
-        if cfg.advantage == "process":
-            steps = [task.step_rewards(e, text) for e, text in zip([e for e in examples for _ in range(G)], rollout.texts)]
-            step_rewards, step_ends, step_mask = step_tensors(tokenizer, rollout, steps)
-            advantages = process_advantages(step_rewards, step_ends, step_mask, G, mask.shape[1],
-                                            scale=cfg.scale_rewards).to(device)
-            worked = [r for row in steps for _, r in row[:-1]]
-            process["llm/step_accuracy"] = sum(worked) / max(len(worked), 1)
-        else:
-            advantages = group_advantages(rewards.to(device), G, scale=cfg.scale_rewards)
         t_rollout = time.perf_counter() - t0
-        B = mask.shape[0]
+        B = cfg.batch_size * G * int(drawn["llm/sampling_rounds"])  # responses generated, kept or not
         counts = global_counts(mask, world)
         ref_logprobs = old_logprobs = None
         with torch.no_grad():
@@ -194,7 +255,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1
 
-        metrics = {**stats, **rollout_metrics(task, rollout, rewards, reasons), **process, "llm/tokens": float(counts[0]),
+        metrics = {**stats, **drawn, "llm/tokens": float(counts[0]),
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
         run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")

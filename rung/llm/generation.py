@@ -54,6 +54,44 @@ class Rollout:
     num_new_tokens: int  # generated tokens in the whole batch, response_mask.sum()
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The id that pads prompts and responses: the tokenizer's pad token, else its eos."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise UserError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    return pad_id
+
+
+def select_rows(rollout: Rollout, rows: torch.Tensor) -> Rollout:
+    """The rollout of the responses at `rows` (1-D long indices), in that order."""
+    picked = rows.tolist()
+    return Rollout(prompt_ids=rollout.prompt_ids[rows], prompt_mask=rollout.prompt_mask[rows],
+                   response_ids=rollout.response_ids[rows], response_mask=rollout.response_mask[rows],
+                   logprobs=rollout.logprobs[rows], truncated=rollout.truncated[rows],
+                   texts=[rollout.texts[i] for i in picked], num_new_tokens=int(rollout.response_mask[rows].sum()))
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout of all the rows of `rollouts`, in order. Prompts of different widths are
+    left-padded and responses right-padded to the widest, with `pad_id` under a False mask, as
+    generation pads them, so the rows' log-probs do not change."""
+    P = max(r.prompt_ids.shape[1] for r in rollouts)
+    T = max(r.response_ids.shape[1] for r in rollouts)
+
+    def widen(x: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+        extra = width - x.shape[1]
+        return torch.nn.functional.pad(x, (extra, 0) if left else (0, extra), value=value)
+
+    return Rollout(prompt_ids=torch.cat([widen(r.prompt_ids, P, pad_id, True) for r in rollouts]),
+                   prompt_mask=torch.cat([widen(r.prompt_mask, P, False, True) for r in rollouts]),
+                   response_ids=torch.cat([widen(r.response_ids, T, pad_id, False) for r in rollouts]),
+                   response_mask=torch.cat([widen(r.response_mask, T, False, False) for r in rollouts]),
+                   logprobs=torch.cat([widen(r.logprobs, T, 0.0, False) for r in rollouts]),
+                   truncated=torch.cat([r.truncated for r in rollouts]),
+                   texts=[t for r in rollouts for t in r.texts],
+                   num_new_tokens=sum(r.num_new_tokens for r in rollouts))
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -168,9 +206,7 @@ def _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, top
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     stop = [s for s in (stop or []) if s]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise UserError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    pad_id = padding_id(tokenizer)
     device = model.device
     prompt_ids, prompt_mask = _encode_prompts(tokenizer, prompts, pad_id, device)
     B, P = prompt_ids.shape

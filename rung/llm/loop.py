@@ -89,18 +89,22 @@ class HeldOut:
                 "eval_reward_mean_before": before.get("reward_mean"), "eval_reward_mean_after": after.get("reward_mean")}
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
+def step_seed(seed: int, step: int, rank: int, attempt: int = 0) -> int:
     """The seed of step `step` on process `rank`: a function of nothing else, so that a resumed run
-    draws the prompts and samples an uninterrupted one would, and ranks draw different ones."""
-    return ((seed * 1_000_003 + step) * 1_009 + rank) % 2**62
+    draws the prompts and samples an uninterrupted one would, and ranks draw different ones.
+    `attempt` > 0 numbers the further batches a step draws (GRPO's dynamic sampling); attempt 0
+    is the step's own seed."""
+    # The golden-ratio stride scatters a step's attempts far from other steps' and ranks' seeds.
+    return ((seed * 1_000_003 + step) * 1_009 + rank + attempt * 0x9E3779B97F4A7C15) % 2**62
 
 
 def sample_step(model: Any, tokenizer: Any, task: Task, cfg: LLMConfig, step: int, rank: int, num_generations: int,
-                generator: torch.Generator) -> tuple[list[Example], Rollout, torch.Tensor, Counter]:
+                generator: torch.Generator, attempt: int = 0) -> tuple[list[Example], Rollout, torch.Tensor, Counter]:
     """Step `step`'s `cfg.batch_size` training prompts and `num_generations` (G) sampled responses to
     each, group-major, scored: (prompts' examples, rollout of B = batch_size * G rows, (B,) float32
-    rewards on the CPU, Counter of the task's reasons). `generator` is reseeded here."""
-    seed = step_seed(cfg.seed, step, rank)
+    rewards on the CPU, Counter of the task's reasons). `generator` is reseeded here; `attempt`
+    draws the step's further batches (see `step_seed`)."""
+    seed = step_seed(cfg.seed, step, rank, attempt)
     examples = task.prompts("train", cfg.batch_size, seed)
     generator.manual_seed(seed)
     rollout = generate_grouped(model, tokenizer, prompt_texts(tokenizer, examples, cfg.chat_template), num_generations,
