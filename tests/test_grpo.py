@@ -199,6 +199,7 @@ def test_without_dynamic_sampling_the_batch_is_the_one_sampled(scripted_batches)
     rollout, advantages, metrics = draw()
     assert set(drawn) == {0} and rollout is drawn[0] and advantages[:4].eq(0).all()
     assert metrics["llm/sampling_rounds"] == 1 and metrics["llm/informative_groups"] == 0.5
+    assert "llm/kept_groups" not in metrics
 
 
 def test_dynamic_sampling_runs_end_to_end_and_resumes(tmp_path):

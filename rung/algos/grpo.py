@@ -160,6 +160,8 @@ def draw_batch(model, tokenizer, task, cfg: Config, step: int, rank: int, gen: t
         drawn.append({**rollout_metrics(task, rollout, rewards, reasons), **process,
                       "llm/informative_groups": float(signal.float().mean())})
         first = first or (rollout, advantages)
+        if not cfg.dynamic_sampling:
+            break
         groups = signal.nonzero().flatten()[:cfg.batch_size - num_kept].cpu()
         if len(groups):
             rows = (groups[:, None] * G + torch.arange(G)).flatten()
@@ -167,10 +169,12 @@ def draw_batch(model, tokenizer, task, cfg: Config, step: int, rank: int, gen: t
             num_kept += len(groups)
         if num_kept == cfg.batch_size:
             break
-    if not cfg.dynamic_sampling or not kept:
-        kept = [first]
     metrics = {k: sum(d.get(k, 0.0) for d in drawn) / len(drawn) for k in dict.fromkeys(k for d in drawn for k in d)}
-    metrics.update({"llm/sampling_rounds": float(len(drawn)), "llm/kept_groups": num_kept / cfg.batch_size})
+    metrics["llm/sampling_rounds"] = float(len(drawn))
+    if cfg.dynamic_sampling:
+        metrics["llm/kept_groups"] = num_kept / cfg.batch_size
+    if not kept:
+        kept = [first]
     if len(kept) == 1:
         return kept[0][0], kept[0][1], metrics
     rollout = concat_rollouts([r for r, _ in kept], padding_id(tokenizer))
