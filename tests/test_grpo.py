@@ -89,6 +89,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     (["--loss-aggregation", "sum"], "--loss-aggregation expects one of token_mean, seq_mean, constant"),
     (["--advantage", "process"], "--advantage process needs a task that checks each step"),
     (["--max-sampling-rounds", "0"], "--max-sampling-rounds must be >= 1"),
+    (["--lr-schedule", "step"], "--lr-schedule expects one of constant, linear, cosine"),
+    (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--model", "/no/such/folder"], "/no/such/folder"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, flags, message):
@@ -213,3 +215,10 @@ def test_dynamic_sampling_runs_end_to_end_and_resumes(tmp_path):
     resumed = grpo.train(dataclasses.replace(cfg, total_steps=4), resume=True)
     a, b = weights(full.run_dir), weights(resumed.run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_linear_schedule_ends_on_the_last_steps_learning_rate(tmp_path):
+    result = grpo.train(tiny_cfg(tmp_path / "run", total_steps=4, lr_schedule="linear", warmup_steps=1))
+    state = torch.load(result.run_dir / "checkpoints" / "latest.pt", weights_only=False)["optimizer"]
+    # Step 1 warms up to the peak, steps 2-4 decay over the 3 left: the last is a third of it.
+    assert state["param_groups"][0]["lr"] == pytest.approx(3e-3 / 3)

@@ -8,7 +8,7 @@ pytest.importorskip("transformers")
 from rung.llm.config import LLMConfig  # noqa: E402
 from rung.llm.generation import generate  # noqa: E402
 from rung.llm.logprobs import token_logprobs  # noqa: E402
-from rung.llm.loop import global_counts, rollout_logprobs, rollout_metrics, sample_step, step_seed  # noqa: E402
+from rung.llm.loop import global_counts, rollout_logprobs, rollout_metrics, sample_step, scheduled_lr, step_seed  # noqa: E402
 from rung.llm.models import load_model  # noqa: E402
 from rung.llm.tasks import get_task  # noqa: E402
 
@@ -49,3 +49,14 @@ def test_a_step_samples_the_same_responses_whenever_it_runs(tiny):
     metrics = rollout_metrics(task, first[1], first[2], first[3])
     assert metrics["llm/accuracy"] == pytest.approx(float(first[2].mean()))
     assert metrics["llm/response_length"] <= 4
+
+
+def test_learning_rate_schedules_by_hand():
+    lrs = lambda schedule, warmup=0: [scheduled_lr(1.0, s, 4, schedule, warmup) for s in range(1, 5)]  # noqa: E731
+    assert lrs("constant") == [1.0] * 4
+    assert lrs("linear") == [1.0, 0.75, 0.5, 0.25]
+    assert lrs("cosine") == pytest.approx([1.0, 0.5 + 0.5 * 2 ** -0.5, 0.5, 0.5 - 0.5 * 2 ** -0.5])
+    assert lrs("linear", warmup=2) == [0.5, 1.0, 1.0, 0.5]
+    assert lrs("constant", warmup=2) == [0.5, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        scheduled_lr(1.0, 3, 4, "step")

@@ -146,6 +146,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         run.logger.info(f"{len(pairs)} examples in {cfg.dataset}: {total} steps are "
                         f"{total * cfg.batch_size * world / len(pairs):.2f} passes over them")
     training, start = start_training(run, cfg, model, tokenizer, task)
+    training.total_steps = total
     optimizer, modules, held_out = training.optimizer, training.modules, training.held_out
     step = start
     for step in range(start + 1, total + 1):
@@ -173,7 +174,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             loss.backward()
             stats["losses/train"] += float(loss.detach()) / world
             stats["llm/token_accuracy"] += float(sft_stats["accuracy"]) * float(mask[rows].sum()) / float(num_tokens / world)
-        norm = training.step(world, cfg.max_grad_norm)
+        norm = training.step(world, cfg.max_grad_norm, step)
         if norm is not None:
             stats["losses/grad_norm"] = norm
         elapsed = time.perf_counter() - t0

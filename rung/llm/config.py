@@ -34,7 +34,11 @@ class LLMConfig(BaseConfig):
     micro_batch_size: int = 16
     """Sequences per forward/backward pass; gradients accumulate over the rest (memory only: the gradient does not depend on it)."""
     learning_rate: float = 1e-5
-    """AdamW learning rate."""
+    """AdamW learning rate (its peak, with a schedule)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """After the warm-up, keep the learning rate (constant) or decay it to 0 by the last step (linear, cosine)."""
+    warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly from learning_rate / warmup_steps to learning_rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -74,7 +78,7 @@ class LLMConfig(BaseConfig):
     def validate(self) -> None:
         super().validate()
         positive(self, "total_steps", "batch_size", "micro_batch_size", "learning_rate", "max_new_tokens", "eval_prompts")
-        non_negative(self, "weight_decay", "max_grad_norm", "temperature", "lora_r", "eval_every")
+        non_negative(self, "weight_decay", "max_grad_norm", "temperature", "lora_r", "eval_every", "warmup_steps")
         in_range(self, "top_p", 0.0, 1.0)
         if self.top_p == 0:
             raise UserError("--top-p 0 keeps no token; use a value in (0, 1] (1 turns it off)")

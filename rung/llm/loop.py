@@ -10,6 +10,7 @@ were the blocks that were the same in all of them, moved here by the graduation 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,23 @@ def rollout_logprobs(model: Any, rollout: Rollout, micro_batch_size: int, temper
                       for i in range(0, B, m)])
 
 
+def scheduled_lr(peak: float, step: int, total_steps: int, schedule: str = "constant", warmup_steps: int = 0) -> float:
+    """The learning rate of optimizer step `step` (1 to `total_steps`): a linear rise over the first
+    `warmup_steps` (peak / warmup_steps at step 1), then `peak` held (constant) or decayed (linear,
+    cosine) toward 0, which the step after the last would reach. A function of the step alone, so
+    a resumed run needs no scheduler state."""
+    if step <= warmup_steps:
+        return peak * step / warmup_steps
+    done = (step - 1 - warmup_steps) / max(total_steps - warmup_steps, 1)
+    if schedule == "constant":
+        return peak
+    if schedule == "linear":
+        return peak * (1.0 - done)
+    if schedule == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * done))
+    raise ValueError(f"unknown schedule {schedule!r}; use constant, linear or cosine")
+
+
 @dataclass
 class Training:
     """What a language-model loop updates and checkpoints: the trainable parameters, their AdamW,
@@ -155,12 +173,18 @@ class Training:
     optimizer: torch.optim.Optimizer
     modules: dict[str, Any]
     held_out: HeldOut
+    cfg: LLMConfig
+    total_steps: int
+    """The run's length for the learning-rate schedule (sft over a dataset counts it from epochs)."""
 
-    def step(self, world: int, max_grad_norm: float) -> float | None:
+    def step(self, world: int, max_grad_norm: float, step: int) -> float | None:
         """The end of an update once every micro-batch's backward has run: gradients averaged over
         processes (before clipping, so every rank clips the same global gradient), the global norm
-        clipped to `max_grad_norm` (0: not clipped), one optimizer step. Returns the norm before
-        clipping, or None when not clipping."""
+        clipped to `max_grad_norm` (0: not clipped), one optimizer step at training step `step`'s
+        learning rate (`scheduled_lr`). Returns the norm before clipping, or None when not clipping."""
+        c = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled_lr(c.learning_rate, step, self.total_steps, c.lr_schedule, c.warmup_steps)
         if world > 1:
             from rung.distributed import ddp
 
@@ -182,7 +206,8 @@ def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: T
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     counters = Counters()
     modules = {"model": model, **extra, "optimizer": optimizer, "counters": counters}
-    training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters))
+    training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters), cfg,
+                        cfg.total_steps)
     start, _ = run.restore(modules)
     training.held_out.before()
     return training, start
