@@ -254,7 +254,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             optimizer.zero_grad(set_to_none=True)
             stats.update(accumulate_gradients(model, rollout, advantages, cfg, counts, world, old_logprobs,
                                               ref_logprobs))
-            norm = training.step(world, cfg.max_grad_norm, step)
+            norm = training.step(world, step)
             if norm is not None:
                 stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1

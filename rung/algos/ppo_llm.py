@@ -182,7 +182,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     stats["losses/value"] += float(v_loss.detach()) / world / updates
                     for k in ("clipfrac", "approx_kl"):
                         stats[f"losses/{k}"] += float(pg_stats[k]) * share
-                norm = training.step(world, cfg.max_grad_norm, step)
+                norm = training.step(world, step)
                 if norm is not None:
                     stats["losses/grad_norm"] += norm / updates
         t_update = time.perf_counter() - t1

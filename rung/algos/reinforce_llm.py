@@ -116,7 +116,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                             num_sequences=num_sequences, max_tokens=cfg.max_new_tokens)
             loss.backward()
             stats["losses/policy"] += float(loss.detach()) / world
-        norm = training.step(world, cfg.max_grad_norm, step)
+        norm = training.step(world, step)
         if norm is not None:
             stats["losses/grad_norm"] = norm
         t_update = time.perf_counter() - t1

@@ -174,7 +174,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             loss.backward()
             stats["losses/train"] += float(loss.detach()) / world
             stats["llm/token_accuracy"] += float(sft_stats["accuracy"]) * float(mask[rows].sum()) / float(num_tokens / world)
-        norm = training.step(world, cfg.max_grad_norm, step)
+        norm = training.step(world, step)
         if norm is not None:
             stats["losses/grad_norm"] = norm
         elapsed = time.perf_counter() - t0

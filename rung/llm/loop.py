@@ -177,10 +177,10 @@ class Training:
     total_steps: int
     """The run's length for the learning-rate schedule (sft over a dataset counts it from epochs)."""
 
-    def step(self, world: int, max_grad_norm: float, step: int) -> float | None:
+    def step(self, world: int, step: int) -> float | None:
         """The end of an update once every micro-batch's backward has run: gradients averaged over
         processes (before clipping, so every rank clips the same global gradient), the global norm
-        clipped to `max_grad_norm` (0: not clipped), one optimizer step at training step `step`'s
+        clipped to `cfg.max_grad_norm` (0: not clipped), one optimizer step at training step `step`'s
         learning rate (`scheduled_lr`). Returns the norm before clipping, or None when not clipping."""
         c = self.cfg
         for group in self.optimizer.param_groups:
@@ -189,7 +189,7 @@ class Training:
             from rung.distributed import ddp
 
             ddp.all_reduce_grads(self.params)
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_grad_norm)) if max_grad_norm > 0 else None
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)) if c.max_grad_norm > 0 else None
         self.optimizer.step()
         return norm
 
