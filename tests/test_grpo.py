@@ -91,6 +91,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     (["--max-sampling-rounds", "0"], "--max-sampling-rounds must be >= 1"),
     (["--lr-schedule", "step"], "--lr-schedule expects one of constant, linear, cosine"),
     (["--warmup-steps", "-1"], "--warmup-steps"),
+    (["--ema-decay", "1"], "--ema-decay 1.0 is outside [0, 1)"),
     (["--model", "/no/such/folder"], "/no/such/folder"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, flags, message):
@@ -222,3 +223,24 @@ def test_a_linear_schedule_ends_on_the_last_steps_learning_rate(tmp_path):
     state = torch.load(result.run_dir / "checkpoints" / "latest.pt", weights_only=False)["optimizer"]
     # Step 1 warms up to the peak, steps 2-4 decay over the 3 left: the last is a third of it.
     assert state["param_groups"][0]["lr"] == pytest.approx(3e-3 / 3)
+
+
+def test_a_weight_averaged_run_scores_both_resumes_and_hands_on_the_average(tmp_path):
+    from rung.llm.models import load_model
+
+    kw = dict(ema_decay=0.5, checkpoint_every=2, eval_every=2, task_options="target=t")
+    full = grpo.train(tiny_cfg(tmp_path / "full", total_steps=4, **kw))
+    assert full.summary["eval_raw_accuracy_after"] is not None
+    rows = [m for m in read_metrics(full.run_dir) if "eval/raw_accuracy" in m]
+    assert len(rows) == 2  # step 2 and the end; step 0's average is the starting weights
+    assert (full.run_dir / "eval_samples" / "step_000004_raw.jsonl").exists()
+    ckpt = torch.load(full.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    average, raw = ckpt["weight_average"]["weights"], ckpt["model"]
+    assert any(not torch.equal(average[k], raw[k]) for k in average)
+    cfg = tiny_cfg(tmp_path / "cut", total_steps=2, **kw)
+    grpo.train(cfg)
+    resumed = torch.load(grpo.train(dataclasses.replace(cfg, total_steps=4), resume=True).run_dir
+                         / "checkpoints" / "latest.pt", weights_only=False)
+    assert all(torch.equal(average[k], resumed["weight_average"]["weights"][k]) for k in average)
+    loaded = dict(load_model(str(full.run_dir))[0].named_parameters())
+    assert all(torch.equal(loaded[k], average[k]) for k in average)

@@ -8,7 +8,15 @@ pytest.importorskip("transformers")
 from rung.llm.config import LLMConfig  # noqa: E402
 from rung.llm.generation import generate  # noqa: E402
 from rung.llm.logprobs import token_logprobs  # noqa: E402
-from rung.llm.loop import global_counts, rollout_logprobs, rollout_metrics, sample_step, scheduled_lr, step_seed  # noqa: E402
+from rung.llm.loop import (  # noqa: E402
+    WeightAverage,
+    global_counts,
+    rollout_logprobs,
+    rollout_metrics,
+    sample_step,
+    scheduled_lr,
+    step_seed,
+)
 from rung.llm.models import load_model  # noqa: E402
 from rung.llm.tasks import get_task  # noqa: E402
 
@@ -60,3 +68,24 @@ def test_learning_rate_schedules_by_hand():
     assert lrs("constant", warmup=2) == [0.5, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="unknown schedule"):
         scheduled_lr(1.0, 3, 4, "step")
+
+
+def test_the_weight_average_by_hand_and_swapped_in_only_inside_its_block():
+    layer = torch.nn.Linear(1, 1)
+    layer.bias.requires_grad_(False)  # frozen weights are not averaged
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    avg = WeightAverage(layer, decay=0.75)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    avg.update()  # 0.75 * 1 + 0.25 * 5
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    avg.update()  # 0.75 * 2 + 0.25 * 3
+    assert avg.names == ["weight"] and avg.average[0].item() == pytest.approx(2.25)
+    with avg.swapped_in():
+        assert layer.weight.item() == pytest.approx(2.25)
+    assert layer.weight.item() == 3.0
+    other = WeightAverage(layer, decay=0.75)
+    other.load_state_dict(avg.state_dict())
+    assert other.average[0].item() == pytest.approx(2.25)

@@ -41,6 +41,8 @@ class LLMConfig(BaseConfig):
     """Steps over which the learning rate rises linearly from learning_rate / warmup_steps to learning_rate."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the trainable weights, avg <- ema_decay * avg + (1 - ema_decay) * w after every optimizer step (0: off). Held-out evaluations score it (and the raw weights, as eval/raw_*), and a run folder loaded as a model gives it; training goes on from the raw weights."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
     max_new_tokens: int = 128
@@ -80,6 +82,9 @@ class LLMConfig(BaseConfig):
         positive(self, "total_steps", "batch_size", "micro_batch_size", "learning_rate", "max_new_tokens", "eval_prompts")
         non_negative(self, "weight_decay", "max_grad_norm", "temperature", "lora_r", "eval_every", "warmup_steps")
         in_range(self, "top_p", 0.0, 1.0)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema-decay {self.ema_decay} is outside [0, 1); 0 turns averaging off, 0.9 averages "
+                            "over about the last 10 steps")
         if self.top_p == 0:
             raise UserError("--top-p 0 keeps no token; use a value in (0, 1] (1 turns it off)")
         if self.temperature == 0:

@@ -1,7 +1,7 @@
 """The lines every language-model algorithm's loop shares that are not losses: its set-up
-(optimizer, checkpointed modules, frozen reference), its held-out evaluation (before, during,
-after) and end, a step's seeded prompts and scored responses, the rollout's metrics, the global
-token counts that normalise the loss, and micro-batched log-probs.
+(optimizer, checkpointed modules, frozen reference, optional weight average), its held-out
+evaluation (before, during, after) and end, a step's seeded prompts and scored responses, the
+rollout's metrics, the global token counts that normalise the loss, and micro-batched log-probs.
 
 Each algorithm still writes its own loop (rung.algos.grpo, reinforce_llm, ppo_llm, sft); these
 were the blocks that were the same in all of them, moved here by the graduation rule.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,50 @@ from rung.llm.evaluate import evaluate_task, prompt_texts, score
 from rung.llm.generation import Rollout, generate_grouped
 from rung.llm.logprobs import token_logprobs
 from rung.llm.tasks import Example, Task
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights (Polyak averaging), updated
+    after every optimizer step. At a constant learning rate the weights keep moving around the
+    region they have reached, and greedy decoding turns those small moves into answers flipping
+    between two evaluations; the average sits nearer that region's middle without slowing the
+    training, which goes on from the raw weights.
+
+    Its state maps parameter names to averaged tensors, so that a run folder loaded as a model
+    (rung.llm.models) can put the average in place of the raw weights by name."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        # Kept in float32 whatever the weights' dtype: in bfloat16 a tenth of a small step would
+        # round away and the average would stand still.
+        self.average = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach().float() for p in self.params], 1.0 - self.decay)
+
+    @contextmanager
+    def swapped_in(self):
+        """The model holds the averaged weights inside the block and its raw ones again after it."""
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_(self.params, self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, raw)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "weights": dict(zip(self.names, self.average, strict=True))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.average, [state["weights"][n] for n in self.names])
+
 
 # Held-out prompts come from the test split with this seed, the same for every run of a task,
 # so that runs with different seeds and algorithms are scored on the same problems.
@@ -36,22 +81,37 @@ class HeldOut:
 
     The result before training is kept in `counters["eval_before"]`, which the algorithm puts in
     its checkpoint, so a resumed run neither evaluates again nor reports a different start.
+    With a weight average (--ema-decay) the figures are the average's, and the raw weights are
+    scored too, as raw_* (their responses in `step_<N>_raw.jsonl`).
+
     Only the main process evaluates; elsewhere every method is a no-op."""
 
-    def __init__(self, run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: Task, counters: dict):
+    def __init__(self, run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: Task, counters: dict,
+                 average: WeightAverage | None = None):
         self.run, self.cfg, self.model, self.tokenizer, self.task = run, cfg, model, tokenizer, task
-        self.counters = counters
+        self.counters, self.average = counters, average
         counters.setdefault("eval_before", None)
         self.examples = task.prompts("test", cfg.eval_prompts, EVAL_SEED)
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def _score(self, name: str) -> dict[str, float]:
         samples: list[dict] = []
         result = evaluate_task(self.model, self.tokenizer, self.task, self.examples, samples=samples,
                                max_new_tokens=self.cfg.max_new_tokens, chat_template=self.cfg.chat_template)
         folder = self.run.run_dir / "eval_samples"
         folder.mkdir(exist_ok=True)
-        (folder / f"step_{step:06d}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
         return result
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if self.average is None or step == 0:  # at step 0 the average is the starting weights
+            return self._score(f"step_{step:06d}")
+        raw = self._score(f"step_{step:06d}_raw")
+        with self.average.swapped_in():
+            result = self._score(f"step_{step:06d}")
+        return {**result, **{f"raw_{k}": v for k, v in raw.items()}}
+
+    def _raw_note(self, result: dict[str, float]) -> str:
+        return f" (raw weights {result['raw_accuracy']:.3f})" if "raw_accuracy" in result else ""
 
     def before(self) -> None:
         """Evaluate the starting policy unless a checkpoint already holds that result; call after
@@ -72,7 +132,8 @@ class HeldOut:
             return
         result = self.evaluate(step)
         run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in result.items()})
-        run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}  reward {result['reward_mean']:.3f}"
+        run.logger.info(f"step {step:>5}  held-out accuracy {result['accuracy']:.3f}{self._raw_note(result)}"
+                        f"  reward {result['reward_mean']:.3f}"
                         f"  ({train_note + ', ' if train_note else ''}{run.wall:6.1f} s)")
 
     def after(self, step: int) -> dict[str, Any]:
@@ -82,12 +143,14 @@ class HeldOut:
         before = self.counters["eval_before"] or {}
         if run.dist.is_main:
             run.logger.log(step, run.wall, {f"eval/{k}": v for k, v in after.items()})
-            run.logger.info(f"done: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, reward "
+            run.logger.info(f"done: held-out accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}"
+                            f"{self._raw_note(after)}, reward "
                             f"{before['reward_mean']:.3f} -> {after['reward_mean']:.3f} over {len(self.examples)} "
                             f"prompts; run folder {run.run_dir}")
         return {"model": cfg.model, "task": cfg.task, "eval_prompts": len(self.examples),
                 "eval_accuracy_before": before.get("accuracy"), "eval_accuracy_after": after.get("accuracy"),
-                "eval_reward_mean_before": before.get("reward_mean"), "eval_reward_mean_after": after.get("reward_mean")}
+                "eval_reward_mean_before": before.get("reward_mean"), "eval_reward_mean_after": after.get("reward_mean"),
+                **({"eval_raw_accuracy_after": after.get("raw_accuracy")} if self.average is not None else {})}
 
 
 def step_seed(seed: int, step: int, rank: int, attempt: int = 0) -> int:
@@ -176,6 +239,7 @@ class Training:
     cfg: LLMConfig
     total_steps: int
     """The run's length for the learning-rate schedule (sft over a dataset counts it from epochs)."""
+    average: WeightAverage | None = None
 
     def step(self, world: int, step: int) -> float | None:
         """The end of an update once every micro-batch's backward has run: gradients averaged over
@@ -191,6 +255,8 @@ class Training:
             ddp.all_reduce_grads(self.params)
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)) if c.max_grad_norm > 0 else None
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         return norm
 
 
@@ -206,8 +272,11 @@ def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: T
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     counters = Counters()
     modules = {"model": model, **extra, "optimizer": optimizer, "counters": counters}
-    training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters), cfg,
-                        cfg.total_steps)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if average is not None:
+        modules["weight_average"] = average
+    training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters, average), cfg,
+                        cfg.total_steps, average)
     start, _ = run.restore(modules)
     training.held_out.before()
     return training, start

@@ -9,8 +9,8 @@ small recurrent model for the toy text tasks (rung.llm.small), which also reads 
 `save_small` writes.
 
 A rung run folder of a language-model algorithm (`runs/sft/...`) also names a model: the one the
-run started from with the run's trained weights from `checkpoints/latest.pt`, LoRA adapters merged
-into the base, so an SFT warm-up hands its policy to GRPO with `--model RUN_DIR`.
+run started from with the run's trained weights from `checkpoints/latest.pt` (their moving average
+where the run kept one, --ema-decay), LoRA adapters merged into the base, so an SFT warm-up hands its policy to GRPO with `--model RUN_DIR`.
 
 Dropout is switched off in every loaded model (LoRA's own dropout excepted): an RL update needs the
 log-probs it recomputes to equal those recorded at sampling, which dropout would break.
@@ -135,6 +135,11 @@ def _load_run(folder: Path, cache_dir: str | os.PathLike | None) -> tuple[Any, A
     lora = LoraConfig.from_flags(cfg["lora_r"], cfg["lora_alpha"], cfg.get("lora_targets", "all-linear"))
     model, tokenizer = load_model(cfg["model"], lora=lora, cache_dir=cache_dir)
     model.load_state_dict(ckpt["model"])
+    if "weight_average" in ckpt:  # trained with --ema-decay: the average is the run's policy
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["weight_average"]["weights"].items():
+                params[name].copy_(value)
     if lora is not None:
         # peft froze the base for the source run; the merged weights are this run's to train.
         model = model.merge_and_unload().requires_grad_(True)
