@@ -1,7 +1,7 @@
 """rung SAC against Stable-Baselines3 SAC, same hyperparameters, same run.
 
-    python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 55 min on 2 cores
-    python bench/offpolicy.py --seeds 1 --skip-cheetah
+    python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 75 min on 2 cores
+    python bench/offpolicy.py --seeds 1 --skip-cheetah --precisions bf16-mixed
 
 (a) Pendulum-v1, RL Zoo's SAC settings (rung's pendulum-sac preset): 20k steps, learning rate
     1e-3, buffer 1M, batch 256, tau 0.005, gamma 0.99, 100 random steps, one gradient step per env
@@ -9,7 +9,8 @@
     gradient updates per second and env steps per second over the whole training loop (env
     stepping, updates and logging, no evaluation), and the final return (10 deterministic
     episodes). Then medians, the rung/SB3 ratios, and whether rung's final returns lie within
-    the spread of SB3's seeds.
+    the spread of SB3's seeds. rung runs once per --precisions entry: float32, as SB3 computes,
+    and bf16-mixed (its updates' matrix products in bfloat16, everything else float32).
 (b) HalfCheetah-v5, SAC's default settings (learning rate 3e-4, the rest as above), 10k steps with
     one gradient step per env step after 100 random ones: env steps per second.
 
@@ -57,18 +58,19 @@ def sb3_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
             "updates": int(model._n_updates), "steps": steps, "final_return": float(np.mean(returns))}
 
 
-def rung_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
+def rung_sac(env_id: str, seed: int, steps: int, lr: float, precision: str = "float32") -> dict:
     from rung.algos import sac
     from rung.logging import read_metrics
 
     cfg = sac.Config(env=env_id, seed=seed, total_timesteps=steps, learning_rate=lr, learning_starts=100, batch_size=256,
                      buffer_size=1_000_000, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, eval_every=0,
+                     precision=precision,
                      log_every=steps, eval_episodes=EVAL_EPISODES, run_dir=tempfile.mkdtemp(prefix="rung-offpolicy-"))
     result = sac.train(cfg)
     # The log line at the last step is written before the final evaluation: its wall-clock and
     # update count cover the training loop alone.
     last = [r for r in read_metrics(result.run_dir) if "charts/updates" in r][-1]
-    return {"framework": "rung", "seed": seed, "wall": last["wall"], "updates": int(last["charts/updates"]),
+    return {"framework": "rung", "precision": precision, "seed": seed, "wall": last["wall"], "updates": int(last["charts/updates"]),
             "steps": steps, "final_return": result.summary["eval_mean_return"]}
 
 
@@ -79,55 +81,72 @@ def child(args: list[str]) -> dict:
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
+PRECISIONS = ("float32", "bf16-mixed")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                   help="rung's runs, one per precision (SB3 runs in float32)")
     p.add_argument("--cheetah-steps", type=int, default=10_000)
     p.add_argument("--skip-cheetah", action="store_true")
     p.add_argument("--child", choices=["sb3", "rung"], help=argparse.SUPPRESS)
     p.add_argument("--env", default="Pendulum-v1", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--lr", type=float, default=1e-3, help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
     if a.child:
+        extra = {} if a.child == "sb3" else {"precision": a.precision}
         fn = sb3_sac if a.child == "sb3" else rung_sac
-        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr)), flush=True)
+        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr, **extra)), flush=True)
         return
     print(f"machine: {platform.processor() or platform.machine()}, 1 torch thread, python {platform.python_version()}, "
           f"torch {torch.__version__}, date {date.today()}")
     print(f"(a) SAC on Pendulum-v1, {a.steps:,} steps, seeds {a.seeds}")
-    rows: dict[str, list[dict]] = {"sb3": [], "rung": []}
+    # One label per framework and precision; each runs every seed in turn, so machine noise over
+    # the bench's hour falls on all of them alike.
+    runs = {"sb3": ["--child", "sb3"], **{f"rung {pr}": ["--child", "rung", "--precision", pr] for pr in a.precisions}}
+    rows: dict[str, list[dict]] = {label: [] for label in runs}
     for seed in a.seeds:
-        for fw in rows:
-            r = child(["--child", fw, "--env", "Pendulum-v1", "--seed", str(seed), "--steps", str(a.steps), "--lr", "1e-3"])
-            rows[fw].append(r)
-            print(f"  {fw:>4} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} steps/s  "
-                  f"final return {r['final_return']:8.1f}  ({r['wall']:.0f} s)", flush=True)
-    med = {fw: {"ups": statistics.median(r["updates"] / r["wall"] for r in rs),
-                "sps": statistics.median(r["steps"] / r["wall"] for r in rs),
-                "ret": statistics.median(r["final_return"] for r in rs)} for fw, rs in rows.items()}
-    for fw, m in med.items():
-        print(f"  median {fw:>4}: {m['ups']:.1f} updates/s, {m['sps']:.1f} steps/s, final return {m['ret']:.1f}")
+        for label, flags in runs.items():
+            r = child([*flags, "--env", "Pendulum-v1", "--seed", str(seed), "--steps", str(a.steps), "--lr", "1e-3"])
+            rows[label].append(r)
+            print(f"  {label:>15} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} "
+                  f"steps/s  final return {r['final_return']:8.1f}  ({r['wall']:.0f} s)", flush=True)
+    med = {label: {"ups": statistics.median(r["updates"] / r["wall"] for r in rs),
+                   "sps": statistics.median(r["steps"] / r["wall"] for r in rs),
+                   "ret": statistics.median(r["final_return"] for r in rs)} for label, rs in rows.items()}
+    for label, m in med.items():
+        print(f"  median {label:>15}: {m['ups']:.1f} updates/s, {m['sps']:.1f} steps/s, final return {m['ret']:.1f}")
     lo, hi = min(r["final_return"] for r in rows["sb3"]), max(r["final_return"] for r in rows["sb3"])
-    inside = all(lo <= r["final_return"] <= hi for r in rows["rung"])
-    print(f"  SB3 final returns span [{lo:.1f}, {hi:.1f}]; rung's all inside: {inside}; rung's median "
-          f"{'>=' if med['rung']['ret'] >= med['sb3']['ret'] else '<'} SB3's")
-    print(f"ratio rung/SB3 updates per second: {med['rung']['ups'] / med['sb3']['ups']:.2f}x")
-    print(f"ratio rung/SB3 env steps per second: {med['rung']['sps'] / med['sb3']['sps']:.2f}x")
+    print(f"  SB3 final returns span [{lo:.1f}, {hi:.1f}]")
+    for label in rows:
+        if label == "sb3":
+            continue
+        inside = all(lo <= r["final_return"] <= hi for r in rows[label])
+        print(f"{label}: final returns all inside SB3's span: {inside}; median "
+              f"{'>=' if med[label]['ret'] >= med['sb3']['ret'] else '<'} SB3's")
+        print(f"{label}: ratio rung/SB3 updates per second: {med[label]['ups'] / med['sb3']['ups']:.2f}x, "
+              f"env steps per second: {med[label]['sps'] / med['sb3']['sps']:.2f}x")
     result = {"pendulum": rows}
     if not a.skip_cheetah:
         print(f"(b) SAC on HalfCheetah-v5, {a.cheetah_steps:,} steps, one gradient step per env step")
         cheetah = {}
-        for fw in ("sb3", "rung"):
-            r = child(["--child", fw, "--env", "HalfCheetah-v5", "--seed", "1", "--steps", str(a.cheetah_steps), "--lr", "3e-4"])
-            cheetah[fw] = r
-            print(f"  {fw:>4}: {r['steps'] / r['wall']:.1f} steps/s ({r['wall']:.0f} s, {r['updates']:,} updates)", flush=True)
-        print(f"ratio rung/SB3 HalfCheetah steps per second: "
-              f"{(cheetah['rung']['steps'] / cheetah['rung']['wall']) / (cheetah['sb3']['steps'] / cheetah['sb3']['wall']):.2f}x")
+        for label, flags in runs.items():
+            r = child([*flags, "--env", "HalfCheetah-v5", "--seed", "1", "--steps", str(a.cheetah_steps), "--lr", "3e-4"])
+            cheetah[label] = r
+            print(f"  {label:>15}: {r['steps'] / r['wall']:.1f} steps/s ({r['wall']:.0f} s, {r['updates']:,} updates)",
+                  flush=True)
+        sb3 = cheetah["sb3"]["steps"] / cheetah["sb3"]["wall"]
+        for label, r in cheetah.items():
+            if label != "sb3":
+                print(f"{label}: ratio rung/SB3 HalfCheetah steps per second: {r['steps'] / r['wall'] / sb3:.2f}x")
         result["halfcheetah"] = cheetah
     from pathlib import Path
 

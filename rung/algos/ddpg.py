@@ -18,7 +18,7 @@ from rung.buffers.replay import make_buffer
 from rung.config import OffPolicyConfig, non_negative, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
-from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.nn.offpolicy import DeterministicAgent, polyak_update, update_precision
 from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -83,16 +83,19 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             for _ in range(cfg.gradient_steps):
                 b = buffer.sample(cfg.batch_size)
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
-                with torch.no_grad():
+                with torch.no_grad(), update_precision(cfg.precision, device):
                     target = clipped_double_q_target(agent.qf_target(o_next, agent.actor_target(o_next)),
                                                      b.rewards, b.terminated, cfg.gamma)
-                q = agent.qf(o, b.actions)
+                with update_precision(cfg.precision, device):
+                    q = agent.qf(o, b.actions)
                 critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
                 critic_opt.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 critic_opt.step()
 
-                pi_loss, pi_stats = deterministic_policy_loss(agent.qf(o, agent.actor(o), detach_params=True)[0])
+                with update_precision(cfg.precision, device):
+                    pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
+                pi_loss, pi_stats = deterministic_policy_loss(pi_q)
                 actor_opt.zero_grad(set_to_none=True)
                 pi_loss.mean().backward()
                 actor_opt.step()

@@ -19,7 +19,7 @@ from rung.config import OffPolicyConfig, in_range, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import DQNAgent, polyak_update
+from rung.nn.offpolicy import DQNAgent, polyak_update, update_precision
 from rung.nn.optim import adam
 from rung.objectives import dqn_target, td_loss
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -119,10 +119,11 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             for _ in range(cfg.gradient_steps):
                 b = buffer.sample(cfg.batch_size)
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
-                with torch.no_grad():
-                    target = dqn_target(agent.q_target(o_next), b.rewards, b.terminated, cfg.gamma,
-                                        agent.q(o_next) if cfg.double_q else None)
-                q = agent.q(o).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+                with torch.no_grad(), update_precision(cfg.precision, device):
+                    target = dqn_target(agent.q_target(o_next).float(), b.rewards, b.terminated, cfg.gamma,
+                                        agent.q(o_next).float() if cfg.double_q else None)
+                with update_precision(cfg.precision, device):
+                    q = agent.q(o).float().gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
                 loss, q_stats = td_loss(q, target, cfg.loss)
                 opt.zero_grad(set_to_none=True)
                 loss.mean().backward()

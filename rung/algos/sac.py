@@ -36,7 +36,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.init_from import load_source, require_same, validate_init_flags
-from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, polyak_update
+from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, polyak_update, update_precision
 from rung.nn.optim import adam
 from rung.objectives import bc_mse_loss, decayed_coef, sac_policy_loss, soft_q_target, temperature_loss
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -173,7 +173,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
                 # Temperature first, from the current policy's log-probs (the order of SB3 and
                 # of the authors' code), then the critics with the alpha that held before it.
-                pi_actions, logp = agent.actor(o)
+                with update_precision(cfg.precision, device):
+                    pi_actions, logp = agent.actor(o)
                 alpha = agent.log_alpha.detach().exp()
                 if cfg.autotune:
                     a_loss, _ = temperature_loss(agent.log_alpha, logp, target_entropy)
@@ -181,11 +182,12 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     a_loss.mean().backward()
                     alpha_opt.step()
 
-                with torch.no_grad():
+                with torch.no_grad(), update_precision(cfg.precision, device):
                     next_actions, next_logp = agent.actor(o_next)
                     target = soft_q_target(agent.qf_target(o_next, next_actions), next_logp, alpha,
                                            b.rewards, b.terminated, cfg.gamma)
-                q = agent.qf(o, b.actions)  # (n_critics, B)
+                with update_precision(cfg.precision, device):
+                    q = agent.qf(o, b.actions)  # (n_critics, B)
                 # Half the summed per-critic MSE: the scale of SB3's critic loss, so learning
                 # rates carry over.
                 critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
@@ -193,7 +195,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 critic_loss.backward()
                 critic_opt.step()
 
-                min_q = agent.qf(o, pi_actions, detach_params=True).min(0).values
+                with update_precision(cfg.precision, device):
+                    min_q = agent.qf(o, pi_actions, detach_params=True).min(0).values
                 pi_loss, pi_stats = sac_policy_loss(min_q, logp, alpha)
                 actor_loss = pi_loss.mean()
                 if reg_coef > 0:

@@ -7,6 +7,7 @@ mlp.py is an on-policy finding."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -48,6 +49,15 @@ class ObsNorm(nn.Module):
 
     def set_extra_state(self, state) -> None:
         self.rms.load_state_dict(state)
+
+
+def update_precision(precision: str, device: torch.device):
+    """A new context for an update's forward passes: torch.autocast to bfloat16 for bf16-mixed
+    (matmuls in bfloat16, parameters float32), nothing for float32. The networks return float32
+    either way, so targets, losses and log-probs are never computed in bfloat16."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def plain_mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -102,7 +112,7 @@ class DeterministicActor(nn.Module):
         self.register_buffer("bias", (high + low) / 2)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs)) * self.scale + self.bias
+        return torch.tanh(self.net(obs).float()) * self.scale + self.bias
 
 
 class SquashedGaussianActor(nn.Module):
@@ -123,12 +133,12 @@ class SquashedGaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(action in the env's box, log-prob of the squashed action), reparameterised."""
         h = self.body(obs)
-        mean = self.mean(h)
+        mean = self.mean(h).float()  # a no-op unless under bf16 autocast
         if deterministic:
             u = mean
             logp = torch.zeros(mean.shape[:-1], device=mean.device)
         else:
-            log_std = self.log_std(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+            log_std = self.log_std(h).float().clamp(LOG_STD_MIN, LOG_STD_MAX)
             eps = torch.randn_like(mean)
             u = mean + log_std.exp() * eps
             # log N(u) - sum log(1 - tanh(u)^2), the latter written stably as
