@@ -199,16 +199,41 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _is_llm_run(run_dir: Path) -> bool:
+    """Whether the run folder is a language-model run's (its config names a task), read from
+    config.yaml rather than from a checkpoint that can weigh gigabytes."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return path.is_file() and "task" in (yaml.safe_load(path.read_text()) or {})
+
+
 def cmd_eval(argv: list[str]) -> int:
     from rung.evaluation import evaluate_run
 
-    p = Parser(prog="rung eval", description="Evaluate a run's policy with deterministic actions.")
+    p = Parser(prog="rung eval", description="Evaluate a run's policy with deterministic actions (greedy responses "
+               "to held-out problems for a language-model run).")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="which checkpoint (default best)")
     p.add_argument("--seed", type=int, default=12345, help="seed of the first episode (default 12345)")
     p.add_argument("--video", action="store_true", help="also write DIR/eval.mp4 of one episode")
+    llm = p.add_argument_group("language-model runs")
+    llm.add_argument("--prompts", type=int, help="held-out problems to score (default: as many as the run evaluated on)")
+    llm.add_argument("--prompt-seed", type=int, default=0,
+                     help="0 (default): the run's own held-out problems; another seed draws others from the test split")
+    llm.add_argument("--weights", choices=["average", "raw"], default="average",
+                     help="for a run trained with --ema-decay: its weight average (default) or its last weights")
     a = p.parse_args(argv)
+    if _is_llm_run(Path(a.run_dir)):
+        from rung.llm.evaluate import evaluate_run_folder
+
+        if a.video:
+            raise UserError(f"{a.run_dir} is a language-model run; --video is for env runs")
+        r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed, a.weights)
+        print(f"{r['task']}  {r['algo']}  step {r['step']:,} ({r['weights']} weights): held-out accuracy "
+              f"{r['accuracy']:.3f}, reward {r['reward_mean']:.3f} over {r['prompts']} prompts (seed {r['prompt_seed']})")
+        return 0
     if a.episodes <= 0:
         raise UserError(f"--episodes must be > 0, got {a.episodes}")
     result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint, a.seed, a.video)

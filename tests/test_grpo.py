@@ -244,3 +244,22 @@ def test_a_weight_averaged_run_scores_both_resumes_and_hands_on_the_average(tmp_
     assert all(torch.equal(average[k], resumed["weight_average"]["weights"][k]) for k in average)
     loaded = dict(load_model(str(full.run_dir))[0].named_parameters())
     assert all(torch.equal(loaded[k], average[k]) for k in average)
+
+
+def test_rung_eval_scores_a_language_model_run_on_its_own_and_on_other_held_out_problems(tmp_path, capsys):
+    result = grpo.train(tiny_cfg(tmp_path / "run", total_steps=2, ema_decay=0.5))
+    run = str(result.run_dir)
+    assert main(["eval", run]) == 0
+    own = json.loads((result.run_dir / "eval.json").read_text())
+    # Seed 0 is the run's own held-out set: the figure the run reported at its end.
+    assert own["accuracy"] == result.summary["eval_accuracy_after"] and own["weights"] == "average"
+    assert main(["eval", run, "--weights", "raw", "--prompts", "4", "--prompt-seed", "1"]) == 0
+    other = json.loads((result.run_dir / "eval.json").read_text())
+    assert other["prompts"] == 4 and other["weights"] == "raw"
+    assert (result.run_dir / "eval_samples" / "eval_seed1_raw.jsonl").read_text().count("\n") == 4
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert main(["eval", run, "--video"]) == 2
+    assert "--video is for env runs" in capsys.readouterr().err
+    plain = grpo.train(tiny_cfg(tmp_path / "plain", total_steps=1))
+    assert main(["eval", str(plain.run_dir), "--weights", "raw"]) == 2
+    assert "kept no weight average" in capsys.readouterr().err

@@ -60,3 +60,44 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example
     r = torch.tensor([v for v, _ in scored], dtype=torch.float32)
     return {"accuracy": float((r >= task.max_reward - 1e-9).float().mean()), "reward_mean": float(r.mean()),
             "response_length": float(torch.cat(lengths).mean())}
+
+
+def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: int = 0,
+                        weights: str = "average") -> dict[str, Any]:
+    """`rung eval` for a language-model run: the greedy accuracy and mean reward of the policy the
+    run trained (its weight average where it kept one, unless `weights` is "raw") on `prompts`
+    test-split problems of its task (default: as many as the run evaluated on) drawn with
+    `prompt_seed`. Seed 0 gives the run's own held-out problems; any other seed other problems of
+    the same split, a check that a gain is not peculiar to the problems a run was tuned on.
+    Writes eval.json and the responses to eval_samples/eval_seed<S>_<weights>.jsonl."""
+    import json
+    from pathlib import Path
+
+    from rung import algos, checkpoint
+    from rung.config import from_dict
+    from rung.errors import UserError
+    from rung.llm.config import load_task
+    from rung.llm.models import load_model
+    from rung.run import write_json_atomic
+
+    run_dir = Path(run_dir)
+    ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt")
+    cfg = from_dict(algos.get(ckpt["algo"]).Config, ckpt["config"])
+    n = cfg.eval_prompts if prompts is None else prompts
+    if n <= 0 or prompt_seed < 0:
+        raise UserError(f"--prompts must be > 0 and --prompt-seed >= 0, got {n} and {prompt_seed}")
+    if weights == "raw" and "weight_average" not in ckpt:
+        raise UserError(f"{run_dir} kept no weight average (trained without --ema-decay); its weights are the raw ones, "
+                        "drop --weights raw")
+    model, tokenizer = load_model(str(run_dir), weights=weights)
+    task = load_task(cfg)
+    samples: list[dict] = []
+    result = evaluate_task(model, tokenizer, task, task.prompts("test", n, prompt_seed), samples=samples,
+                           max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template)
+    folder = run_dir / "eval_samples"
+    folder.mkdir(exist_ok=True)
+    (folder / f"eval_seed{prompt_seed}_{weights}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    out = {"algo": ckpt["algo"], "task": cfg.task, "step": ckpt["step"], "prompts": n, "prompt_seed": prompt_seed,
+           "weights": weights if "weight_average" in ckpt else "raw", **result}
+    write_json_atomic(run_dir / "eval.json", out)
+    return out

@@ -76,13 +76,15 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     lora: LoraConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
+    weights: str = "average",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a built-in name (`smollm2-135m`, `tiny-gpt`, `small-gru`), a hub id or a local folder.
 
     The model comes back in eval mode with dropout off, on `device` in `dtype`, wrapped by peft
     when `lora` is given (then only the adapters are trainable). The tokenizer has a pad token
     (eos when it had none) and pads on the left. `cache_dir` (default `$RUNG_CACHE`, else
-    `~/.cache/rung`) holds the converted `smollm2-135m`.
+    `~/.cache/rung`) holds the converted `smollm2-135m`. For a run folder trained with
+    --ema-decay, `weights` picks its moving average ("average") or its last weights ("raw").
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise UserError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
@@ -95,7 +97,7 @@ def load_model(
         tokenizer = tiny_tokenizer()
         model = tiny_gpt(tokenizer)
     elif is_run_folder(name_or_path):
-        model, tokenizer = _load_run(Path(name_or_path), cache_dir)
+        model, tokenizer = _load_run(Path(name_or_path), cache_dir, weights)
     elif small.is_small(name_or_path):
         if lora is not None:  # peft wraps transformers models only; a 0.2M-parameter model has no need of it
             raise UserError(f"LoRA does not apply to rung's small model ({name_or_path}); fine-tune every weight (lora_r 0)")
@@ -120,7 +122,7 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path).expanduser() / "checkpoints" / "latest.pt").is_file()
 
 
-def _load_run(folder: Path, cache_dir: str | os.PathLike | None) -> tuple[Any, Any]:
+def _load_run(folder: Path, cache_dir: str | os.PathLike | None, weights: str = "average") -> tuple[Any, Any]:
     """The policy a language-model run trained: its starting model with the checkpoint's weights,
     LoRA merged (a run can start from a run, so this recurses down the chain)."""
     from rung import checkpoint
@@ -135,7 +137,9 @@ def _load_run(folder: Path, cache_dir: str | os.PathLike | None) -> tuple[Any, A
     lora = LoraConfig.from_flags(cfg["lora_r"], cfg["lora_alpha"], cfg.get("lora_targets", "all-linear"))
     model, tokenizer = load_model(cfg["model"], lora=lora, cache_dir=cache_dir)
     model.load_state_dict(ckpt["model"])
-    if "weight_average" in ckpt:  # trained with --ema-decay: the average is the run's policy
+    if weights not in ("average", "raw"):
+        raise UserError(f"weights must be 'average' or 'raw', got {weights!r}")
+    if "weight_average" in ckpt and weights == "average":  # trained with --ema-decay: the average is the run's policy
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in ckpt["weight_average"]["weights"].items():
