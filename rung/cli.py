@@ -221,7 +221,8 @@ def cmd_eval(argv: list[str]) -> int:
     llm = p.add_argument_group("language-model runs")
     llm.add_argument("--prompts", type=int, help="held-out problems to score (default: as many as the run evaluated on)")
     llm.add_argument("--prompt-seed", type=int, default=0,
-                     help="0 (default): the run's own held-out problems; another seed draws others from the test split")
+                     help="0 (default): the run's own held-out problems; another seed draws others from the test split "
+                     "(a task with few distinct problems repeats some)")
     llm.add_argument("--weights", choices=["average", "raw"], default="average",
                      help="for a run trained with --ema-decay: its weight average (default) or its last weights")
     a = p.parse_args(argv)

@@ -261,5 +261,20 @@ def test_rung_eval_scores_a_language_model_run_on_its_own_and_on_other_held_out_
     assert main(["eval", run, "--video"]) == 2
     assert "--video is for env runs" in capsys.readouterr().err
     plain = grpo.train(tiny_cfg(tmp_path / "plain", total_steps=1))
+    assert main(["eval", str(plain.run_dir)]) == 0  # no average kept: its weights are the raw ones
+    assert json.loads((plain.run_dir / "eval.json").read_text())["weights"] == "raw"
+    assert (plain.run_dir / "eval_samples" / "eval_seed0_raw.jsonl").exists()
     assert main(["eval", str(plain.run_dir), "--weights", "raw"]) == 2
     assert "kept no weight average" in capsys.readouterr().err
+
+
+def test_rung_evals_prompt_seeds_draw_other_problems():
+    pytest.importorskip("reasoning_gym")
+    from rung.llm.evaluate import PROMPT_SEED_STRIDE
+    from rung.llm.tasks import get_task
+
+    task = get_task("chain_sum", min_digits=3, max_digits=3)
+    own = {e.prompt for e in task.prompts("test", 32, 0)}
+    assert not own & {e.prompt for e in task.prompts("test", 32, PROMPT_SEED_STRIDE)}
+    # What the stride avoids: reasoning-gym's seed s + 1 gives seed s's problems shifted by one.
+    assert len(own & {e.prompt for e in task.prompts("test", 32, 1)}) >= 30

@@ -62,6 +62,9 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example
             "response_length": float(torch.cat(lengths).mean())}
 
 
+PROMPT_SEED_STRIDE = 1_000_003
+
+
 def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: int = 0,
                         weights: str = "average") -> dict[str, Any]:
     """`rung eval` for a language-model run: the greedy accuracy and mean reward of the policy the
@@ -91,13 +94,16 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
                         "drop --weights raw")
     model, tokenizer = load_model(str(run_dir), weights=weights)
     task = load_task(cfg)
+    # reasoning-gym seeds its item i with seed + i, so seeds 0 and 1 would share all but one
+    # problem; a prime stride larger than any draw keeps every prompt seed's problems apart.
     samples: list[dict] = []
-    result = evaluate_task(model, tokenizer, task, task.prompts("test", n, prompt_seed), samples=samples,
+    result = evaluate_task(model, tokenizer, task, task.prompts("test", n, prompt_seed * PROMPT_SEED_STRIDE), samples=samples,
                            max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template)
+    scored = weights if "weight_average" in ckpt else "raw"
     folder = run_dir / "eval_samples"
     folder.mkdir(exist_ok=True)
-    (folder / f"eval_seed{prompt_seed}_{weights}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (folder / f"eval_seed{prompt_seed}_{scored}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     out = {"algo": ckpt["algo"], "task": cfg.task, "step": ckpt["step"], "prompts": n, "prompt_seed": prompt_seed,
-           "weights": weights if "weight_average" in ckpt else "raw", **result}
+           "weights": scored, **result}
     write_json_atomic(run_dir / "eval.json", out)
     return out
