@@ -90,15 +90,16 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
     if n <= 0 or prompt_seed < 0:
         raise UserError(f"--prompts must be > 0 and --prompt-seed >= 0, got {n} and {prompt_seed}")
     if weights == "raw" and "weight_average" not in ckpt:
-        raise UserError(f"{run_dir} kept no weight average (trained without --ema-decay); its weights are the raw ones, "
-                        "drop --weights raw")
+        raise UserError(f"{run_dir} kept no weight average (trained without --ema-decay); its weights are the raw "
+                        "ones, drop --weights raw")
     model, tokenizer = load_model(str(run_dir), weights=weights)
     task = load_task(cfg)
     # reasoning-gym seeds its item i with seed + i, so seeds 0 and 1 would share all but one
     # problem; a prime stride larger than any draw keeps every prompt seed's problems apart.
+    examples = task.prompts("test", n, prompt_seed * PROMPT_SEED_STRIDE)
     samples: list[dict] = []
-    result = evaluate_task(model, tokenizer, task, task.prompts("test", n, prompt_seed * PROMPT_SEED_STRIDE), samples=samples,
-                           max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template)
+    result = evaluate_task(model, tokenizer, task, examples, samples=samples, max_new_tokens=cfg.max_new_tokens,
+                           chat_template=cfg.chat_template)
     scored = weights if "weight_average" in ckpt else "raw"
     folder = run_dir / "eval_samples"
     folder.mkdir(exist_ok=True)

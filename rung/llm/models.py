@@ -10,7 +10,8 @@ small recurrent model for the toy text tasks (rung.llm.small), which also reads 
 
 A rung run folder of a language-model algorithm (`runs/sft/...`) also names a model: the one the
 run started from with the run's trained weights from `checkpoints/latest.pt` (their moving average
-where the run kept one, --ema-decay), LoRA adapters merged into the base, so an SFT warm-up hands its policy to GRPO with `--model RUN_DIR`.
+where the run kept one, --ema-decay), LoRA adapters merged into the base, so an SFT warm-up hands
+its policy to GRPO with `--model RUN_DIR`.
 
 Dropout is switched off in every loaded model (LoRA's own dropout excepted): an RL update needs the
 log-probs it recomputes to equal those recorded at sampling, which dropout would break.
