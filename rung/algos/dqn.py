@@ -120,10 +120,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 b = buffer.sample(cfg.batch_size)
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
                 with torch.no_grad(), update_precision(cfg.precision, device):
-                    target = dqn_target(agent.q_target(o_next).float(), b.rewards, b.terminated, cfg.gamma,
-                                        agent.q(o_next).float() if cfg.double_q else None)
+                    target = dqn_target(agent.q_target(o_next), b.rewards, b.terminated, cfg.gamma,
+                                        agent.q(o_next) if cfg.double_q else None)
                 with update_precision(cfg.precision, device):
-                    q = agent.q(o).float().gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
+                    q = agent.q(o).gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)
                 loss, q_stats = td_loss(q, target, cfg.loss)
                 opt.zero_grad(set_to_none=True)
                 loss.mean().backward()

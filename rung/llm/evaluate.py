@@ -80,7 +80,7 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
     from rung.config import from_dict
     from rung.errors import UserError
     from rung.llm.config import load_task
-    from rung.llm.models import load_model
+    from rung.llm.models import load_run
     from rung.run import write_json_atomic
 
     run_dir = Path(run_dir)
@@ -92,7 +92,7 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
     if weights == "raw" and "weight_average" not in ckpt:
         raise UserError(f"{run_dir} kept no weight average (trained without --ema-decay); its weights are the raw "
                         "ones, drop --weights raw")
-    model, tokenizer = load_model(str(run_dir), weights=weights)
+    model, tokenizer = load_run(run_dir, ckpt, weights)
     task = load_task(cfg)
     # reasoning-gym seeds its item i with seed + i, so seeds 0 and 1 would share all but one
     # problem; a prime stride larger than any draw keeps every prompt seed's problems apart.

@@ -106,6 +106,20 @@ def load_model(
     else:
         model, tokenizer = _load_pretrained(str(name_or_path))
 
+    return _ready(model, tokenizer, device, dtype, lora)
+
+
+def load_run(folder: str | os.PathLike, ckpt: dict[str, Any] | None = None, weights: str = "average"
+             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """load_model of a run folder, in float32 on the CPU, from its checkpoint `ckpt` where the
+    caller has already read it: a language-model checkpoint with optimizer state is gigabytes."""
+    model, tokenizer = _load_run(Path(folder), None, weights, ckpt)
+    return _ready(model, tokenizer, "cpu", torch.float32, None)
+
+
+def _ready(model, tokenizer, device, dtype, lora: LoraConfig | None):
+    """The model in eval mode without dropout, on its device and dtype, adapters added; the
+    tokenizer padding on the left with a pad token (eos when it had none)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -123,12 +137,15 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path).expanduser() / "checkpoints" / "latest.pt").is_file()
 
 
-def _load_run(folder: Path, cache_dir: str | os.PathLike | None, weights: str = "average") -> tuple[Any, Any]:
-    """The policy a language-model run trained: its starting model with the checkpoint's weights,
-    LoRA merged (a run can start from a run, so this recurses down the chain)."""
+def _load_run(folder: Path, cache_dir: str | os.PathLike | None, weights: str = "average",
+              ckpt: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The policy a language-model run trained: its starting model with the checkpoint's weights
+    (`ckpt`, read from the folder when None), LoRA merged (a run can start from a run, so this
+    recurses down the chain)."""
     from rung import checkpoint
 
-    ckpt = checkpoint.load(folder.expanduser() / "checkpoints" / "latest.pt")
+    if ckpt is None:
+        ckpt = checkpoint.load(folder.expanduser() / "checkpoints" / "latest.pt")
     cfg = ckpt["config"]
     if "model" not in cfg or "lora_r" not in cfg:
         raise UserError(f"{folder} is a {ckpt['algo']} run on {cfg.get('env', 'an env')}, not a language-model run; "

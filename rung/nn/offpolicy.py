@@ -69,6 +69,15 @@ def plain_mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+class Float32Out(nn.Sequential):
+    """A Sequential whose output is float32 even under bf16 autocast (a no-op otherwise), so
+    targets and losses built on it never run in bfloat16. Subclassing keeps the state_dict keys
+    of a plain Sequential, and so the checkpoints written before it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).float()
+
+
 class QEnsemble(nn.Module):
     """n independent Q(s, a) MLPs evaluated as one: each layer is a batched matmul over the
     critics, so two critics cost about what one does in kernel launches (the bottleneck at these
@@ -106,13 +115,13 @@ class DeterministicActor(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: tuple[int, ...], low, high):
         super().__init__()
-        self.net = plain_mlp([obs_dim, *hidden, action_dim])
+        self.net = Float32Out(*plain_mlp([obs_dim, *hidden, action_dim]))
         low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
         self.register_buffer("scale", (high - low) / 2)
         self.register_buffer("bias", (high + low) / 2)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs).float()) * self.scale + self.bias
+        return torch.tanh(self.net(obs)) * self.scale + self.bias
 
 
 class SquashedGaussianActor(nn.Module):
@@ -163,7 +172,7 @@ class DQNAgent(nn.Module):
     def __init__(self, obs_dim: int, num_actions: int, hidden: tuple[int, ...], normalize_obs: bool = False):
         super().__init__()
         self.obs_norm = ObsNorm(obs_dim, normalize_obs)
-        self.q = plain_mlp([obs_dim, *hidden, num_actions])
+        self.q = Float32Out(*plain_mlp([obs_dim, *hidden, num_actions]))
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
 
     def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
