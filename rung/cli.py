@@ -193,6 +193,11 @@ def cmd_train(argv: list[str]) -> int:
     cfg = dataclasses.replace(base, **overrides)
     try:
         algo.train(cfg, resume=resume_cfg is not None, force=known.force)
+    except UserError:
+        from rung.run import discard_unstarted
+
+        discard_unstarted()
+        raise
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: rung train --resume {cfg.run_dir or 'RUN_DIR (printed at the start)'}", file=sys.stderr)
         return 130

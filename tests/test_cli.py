@@ -43,14 +43,32 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert err.count("\n") == 1 and err.startswith("rung: error: ")
 
 
-@pytest.mark.parametrize("flags, message", [(["--env", "CartPol-v1"], "did you mean"),
-                                            (["--env", "batched/CartPol-v1"], "did you mean"),
-                                            (["--env", "batched/CartPole-v1", "--randomize", "mass=1:2"], "has no parameter")])
-def test_a_mistyped_env_or_parameter_leaves_no_run_folder(capsys, tmp_path, monkeypatch, flags, message):
+@pytest.mark.parametrize("algo, flags, message", [
+    ("ppo", ["--env", "CartPol-v1"], "did you mean"),
+    ("ppo", ["--env", "batched/CartPol-v1"], "did you mean"),
+    ("ppo", ["--env", "batched/CartPole-v1", "--randomize", "mass=1:2"], "has no parameter"),
+    # refused after the run folder was made, once the env shows its action space
+    ("sac", ["--env", "CartPole-v1"], "needs continuous actions"),
+    ("dqn", ["--env", "Pendulum-v1"], "needs discrete actions"),
+])
+def test_a_mistyped_env_or_parameter_leaves_no_run_folder(capsys, tmp_path, monkeypatch, algo, flags, message):
     monkeypatch.chdir(tmp_path)  # the default run folder is ./runs/...
-    code, _, err = run_cli(capsys, "train", "ppo", *flags)
+    code, _, err = run_cli(capsys, "train", algo, *flags)
     assert code == 2 and message in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_keeps_the_folders_it_did_not_make(capsys, tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("x")
+    code, _, _ = run_cli(capsys, "train", "sac", "--env", "CartPole-v1", "--run-dir", str(keep / "a" / "b"))
+    assert code == 2
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, _ = run_cli(capsys, "train", "sac", "--env", "CartPole-v1", "--run-dir", str(empty))
+    assert code == 2 and empty.is_dir()  # made by the user, so left in place
 
 
 def test_existing_run_dir_is_not_overwritten_without_force(capsys, tmp_path):
