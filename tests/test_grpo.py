@@ -246,10 +246,15 @@ def test_a_weight_averaged_run_scores_both_resumes_and_hands_on_the_average(tmp_
     assert all(torch.equal(loaded[k], average[k]) for k in average)
 
 
-def test_rung_eval_scores_a_language_model_run_on_its_own_and_on_other_held_out_problems(tmp_path, capsys):
+def test_rung_eval_scores_a_language_model_run_on_its_own_and_on_other_held_out_problems(tmp_path, capsys, monkeypatch):
     result = grpo.train(tiny_cfg(tmp_path / "run", total_steps=2, ema_decay=0.5))
     run = str(result.run_dir)
+    from rung import checkpoint
+
+    reads, load = [], checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda path, *a, **k: reads.append(path) or load(path, *a, **k))
     assert main(["eval", run]) == 0
+    assert len(reads) == 1  # a language model's checkpoint can be gigabytes: read once
     own = json.loads((result.run_dir / "eval.json").read_text())
     # Seed 0 is the run's own held-out set: the figure the run reported at its end.
     assert own["accuracy"] == result.summary["eval_accuracy_after"] and own["weights"] == "average"
