@@ -191,15 +191,21 @@ def cmd_train(argv: list[str]) -> int:
         _reject_unknown(unknown, cls)
     overrides = {k: v for k, v in vars(ns).items() if k not in ("preset", "resume", "force")}
     cfg = dataclasses.replace(base, **overrides)
+    from rung.run import default_run_dir, discard_unstarted, first_missing
+
+    # The folder named here rather than inside the run, so that a run refused before its first
+    # step (sac on a discrete env, say) can take away what it made.
+    run_dir = Path(cfg.run_dir or default_run_dir(algo_name or "ppo", cfg))
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    made_from = None if resume_cfg is not None else first_missing(run_dir)
     try:
         algo.train(cfg, resume=resume_cfg is not None, force=known.force)
     except UserError:
-        from rung.run import discard_unstarted
-
-        discard_unstarted()
+        if made_from is not None:
+            discard_unstarted(run_dir, made_from)
         raise
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: rung train --resume {cfg.run_dir or 'RUN_DIR (printed at the start)'}", file=sys.stderr)
+        print(f"\ninterrupted; continue with: rung train --resume {run_dir}", file=sys.stderr)
         return 130
     return 0
 

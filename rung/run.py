@@ -82,35 +82,29 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
-# Run folders this process made, each with the highest folder made for it (./runs for the first
-# default run): a run refused before its first step (an env without the action space the
-# algorithm needs, say) then leaves nothing behind. See discard_unstarted.
-_created: list[tuple[Path, Path]] = []
+def first_missing(path: Path) -> Path | None:
+    """The highest folder of `path` (itself included) that does not exist yet; None if it exists."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
-def _remember_new(run_dir: Path) -> None:
-    top = run_dir
-    while not top.parent.exists():
-        top = top.parent
-    _created.append((run_dir, top))
-
-
-def discard_unstarted() -> None:
-    """Remove the run folders this process made that hold nothing yet (no checkpoint, no logged
-    row), and the folders made for them that are left empty. `rung train` calls it when a run is
-    refused, so a mistyped flag leaves no clutter."""
-    while _created:
-        run_dir, top = _created.pop()
-        metrics = run_dir / "metrics.jsonl"
-        if not run_dir.is_dir() or any((run_dir / "checkpoints").glob("*")) or (metrics.exists() and metrics.stat().st_size):
-            continue
-        shutil.rmtree(run_dir, ignore_errors=True)
-        folder = run_dir
-        while folder != top:
-            folder = folder.parent
-            if any(folder.iterdir()):
-                break
-            folder.rmdir()
+def discard_unstarted(run_dir: Path, made_from: Path) -> None:
+    """Remove `run_dir` if it holds nothing yet (no checkpoint, no logged row), and the folders up
+    to `made_from` (first_missing before the run) that this leaves empty. `rung train` calls it
+    when a run is refused, so a mistyped flag leaves no clutter."""
+    metrics = run_dir / "metrics.jsonl"
+    if not run_dir.is_dir() or any((run_dir / "checkpoints").glob("*")) or (metrics.exists() and metrics.stat().st_size):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir
+    while folder != made_from:
+        folder = folder.parent
+        if any(folder.iterdir()):
+            break
+        folder.rmdir()
 
 
 class Counters(dict):
@@ -167,8 +161,6 @@ class Run:
         run_dir = Path(cfg.run_dir or default_run_dir(algo, cfg))
         run_dir = Path(ddp.broadcast_object(str(run_dir)))
         if self.dist.is_main:
-            if not resume and not run_dir.exists():
-                _remember_new(run_dir)
             prepare_run_dir(run_dir, resume=resume, force=force)
             config = {"algo": algo, **to_dict(cfg), "run_dir": str(run_dir)}
             (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
