@@ -47,17 +47,29 @@ def gym_steps_per_second(n: int, seconds: float = 2.0) -> float:
     return rate
 
 
-def rung_steps_per_second(n: int, device: str, compile: bool = False, seconds: float = 2.0) -> tuple[float, float]:
+def rung_steps_per_second(n: int, device: str, compile: bool | str = False, seconds: float = 2.0) -> tuple[float, float]:
     import torch
 
     from rung.envs import batched
 
-    env = batched.make("CartPole-v1", n, device=device, seed=0, compile=compile)
+    env = batched.make("CartPole-v1", n, device=device, seed=0, compile=bool(compile))
+    if isinstance(compile, str):
+        # A probe, not an option of rung's: torch.compile's CUDA-graph mode replays the whole
+        # step as one launch, worth knowing before rung offers it.
+        graphed = torch.compile(env._transition, mode=compile, dynamic=False)
+
+        def step_fn(*args):
+            # Each replay overwrites the last one's outputs, which the env keeps (its state is the
+            # next step's input; for CartPole the observation is that same tensor): copy them out.
+            torch.compiler.cudagraph_mark_step_begin()
+            return tuple(t.clone() for t in graphed(*args))
+
+        env._step_fn = step_fn
     env.reset()
     g = torch.Generator(device=device).manual_seed(0)
     actions = [torch.randint(0, 2, (n,), generator=g, device=device) for _ in range(16)]
     t0 = time.perf_counter()
-    for i in range(3):  # warm-up (and compilation)
+    for i in range(6 if isinstance(compile, str) else 3):  # warm-up (compilation; CUDA-graph recording)
         env.step(actions[i])
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
@@ -80,6 +92,16 @@ def throughput(device: str, out: Path) -> dict:
     compiled, warm = rung_steps_per_second(4096, device, compile=True)
     rows["rung_compiled_4096"], rows["compile_seconds"] = compiled, warm
     print(f"  4096 envs, torch.compile: {compiled:,.0f} steps/s (compile and warm-up {warm:.1f} s)", flush=True)
+    if device.startswith("cuda"):
+        for n in (1024, 4096, 16384):
+            try:
+                graphed, warm = rung_steps_per_second(n, device, compile="reduce-overhead")
+            except Exception as e:  # a probe: its failure is a finding, not the end of the bench
+                print(f"  {n} envs, torch.compile mode reduce-overhead (CUDA graphs) failed: {str(e).splitlines()[0][:200]}")
+                continue
+            rows[f"rung_cudagraphs_{n}"] = graphed
+            print(f"  {n} envs, torch.compile mode reduce-overhead (CUDA graphs): {graphed:,.0f} steps/s "
+                  f"(eager {rows['rung'][n]:,.0f}; compile and warm-up {warm:.1f} s)", flush=True)
     import matplotlib
 
     matplotlib.use("Agg")

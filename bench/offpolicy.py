@@ -2,6 +2,7 @@
 
     python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 75 min on 2 cores
     python bench/offpolicy.py --seeds 1 --skip-cheetah --precisions bf16-mixed
+    python bench/offpolicy.py --device cuda --seeds 1 --steps 3000 --skip-cheetah   # on a GPU (bench/gpu_check.sh)
 
 (a) Pendulum-v1, RL Zoo's SAC settings (rung's pendulum-sac preset): 20k steps, learning rate
     1e-3, buffer 1M, batch 256, tau 0.005, gamma 0.99, 100 random steps, one gradient step per env
@@ -32,14 +33,14 @@ from datetime import date
 EVAL_EPISODES = 10
 
 
-def sb3_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
+def sb3_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu") -> dict:
     import gymnasium as gym
     import numpy as np
     import stable_baselines3
     from stable_baselines3 import SAC
 
     model = SAC("MlpPolicy", env_id, learning_rate=lr, learning_starts=100, batch_size=256, buffer_size=1_000_000,
-                tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, seed=seed, verbose=0, device="cpu")
+                tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, seed=seed, verbose=0, device=device)
     t0 = time.perf_counter()
     model.learn(steps)
     wall = time.perf_counter() - t0
@@ -58,13 +59,13 @@ def sb3_sac(env_id: str, seed: int, steps: int, lr: float) -> dict:
             "updates": int(model._n_updates), "steps": steps, "final_return": float(np.mean(returns))}
 
 
-def rung_sac(env_id: str, seed: int, steps: int, lr: float, precision: str = "float32") -> dict:
+def rung_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu", precision: str = "float32") -> dict:
     from rung.algos import sac
     from rung.logging import read_metrics
 
     cfg = sac.Config(env=env_id, seed=seed, total_timesteps=steps, learning_rate=lr, learning_starts=100, batch_size=256,
                      buffer_size=1_000_000, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, eval_every=0,
-                     precision=precision,
+                     precision=precision, device=device,
                      log_every=steps, eval_episodes=EVAL_EPISODES, run_dir=tempfile.mkdtemp(prefix="rung-offpolicy-"))
     result = sac.train(cfg)
     # The log line at the last step is written before the final evaluation: its wall-clock and
@@ -92,6 +93,7 @@ def main() -> None:
                    help="rung's runs, one per precision (SB3 runs in float32)")
     p.add_argument("--cheetah-steps", type=int, default=10_000)
     p.add_argument("--skip-cheetah", action="store_true")
+    p.add_argument("--device", default="cpu", help="both frameworks' networks and updates (default cpu)")
     p.add_argument("--child", choices=["sb3", "rung"], help=argparse.SUPPRESS)
     p.add_argument("--env", default="Pendulum-v1", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -104,14 +106,16 @@ def main() -> None:
     if a.child:
         extra = {} if a.child == "sb3" else {"precision": a.precision}
         fn = sb3_sac if a.child == "sb3" else rung_sac
-        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr, **extra)), flush=True)
+        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr, a.device, **extra)), flush=True)
         return
-    print(f"machine: {platform.processor() or platform.machine()}, 1 torch thread, python {platform.python_version()}, "
-          f"torch {torch.__version__}, date {date.today()}")
+    print(f"machine: {platform.processor() or platform.machine()}, 1 torch thread, device {a.device}"
+          + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else "")
+          + f", python {platform.python_version()}, torch {torch.__version__}, date {date.today()}")
     print(f"(a) SAC on Pendulum-v1, {a.steps:,} steps, seeds {a.seeds}")
     # One label per framework and precision; each runs every seed in turn, so machine noise over
     # the bench's hour falls on all of them alike.
-    runs = {"sb3": ["--child", "sb3"], **{f"rung {pr}": ["--child", "rung", "--precision", pr] for pr in a.precisions}}
+    runs = {"sb3": ["--child", "sb3", "--device", a.device],
+            **{f"rung {pr}": ["--child", "rung", "--precision", pr, "--device", a.device] for pr in a.precisions}}
     rows: dict[str, list[dict]] = {label: [] for label in runs}
     for seed in a.seeds:
         for label, flags in runs.items():
