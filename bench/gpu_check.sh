@@ -2,9 +2,9 @@
 # For a session lent a GPU, in one call of about 6 minutes: the CUDA tests (tests/test_gpu.py, about
 # 1 minute), bench/batched.py with one seed (env throughput, torch.compile and CUDA graphs, PPO
 # time-to-solved; under 4 minutes) and bench/offpolicy.py's SAC update rate, rung against SB3, both
-# on the GPU (under 2 minutes). The GPU image has torch,
-# transformers and peft but not gymnasium or stable-baselines3: carry their wheels (see the device
-# tool's README) and install them before running this from the repo root:
+# on the GPU (under 2 minutes). The GPU image has torch, transformers and peft but not gymnasium or
+# stable-baselines3: carry their wheels (see the device tool's README) and install them before
+# running this from the repo root:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 # Logs go to $OUT (default bench/out) as well as to the terminal.
 set -uo pipefail
