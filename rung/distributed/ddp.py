@@ -73,22 +73,6 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(x.dtype), var.clamp_min(0).sqrt().to(x.dtype)
 
 
-def _collective_device() -> torch.device:
-    """Where a tensor made for a collective must live: NCCL reduces CUDA tensors only."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_mean(values: list[float]) -> list[float]:
-    """Average a few scalars (logged statistics) over ranks."""
-    if not is_distributed():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
-
-
 def all_reduce_grads(params) -> None:
     """Average gradients over ranks by hand, for updates that do not go through DDP's forward."""
     if not is_distributed():
