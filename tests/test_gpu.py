@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rung.envs import batched
+from test_offpolicy_algos import CASES, make  # the CPU smoke tests' settings
 
 pytestmark = pytest.mark.gpu
 
@@ -36,14 +37,8 @@ def test_ppo_trains_on_cuda(tmp_path):
     assert result.summary["eval_mean_return"] > 20
 
 
-OFF_POLICY = [
-    ("dqn", dict(env="CartPole-v1", train_freq=4, gradient_steps=2, target_update_interval=50)),
-    ("sac", dict(env="Pendulum-v1", normalize_obs=True)),
-    ("sac", dict(env="Pendulum-v1", precision="bf16-mixed")),
-    ("td3", dict(env="Pendulum-v1")),
-    ("ddpg", dict(env="Pendulum-v1", num_envs=2)),
-    ("sac", dict(env="batched/Pendulum-v1", num_envs=4, randomize="gravity=9:11")),
-]
+# The CPU smoke tests' cases and small settings, and bf16-mixed SAC, whose casts differ on CUDA.
+OFF_POLICY = CASES + [("sac", dict(env="Pendulum-v1", precision="bf16-mixed"))]
 
 
 @pytest.mark.parametrize("algo, overrides", OFF_POLICY,
@@ -51,16 +46,12 @@ OFF_POLICY = [
 def test_off_policy_trains_on_cuda_and_evaluates_on_the_cpu(tmp_path, capsys, algo, overrides):
     # The replay buffer, the update and the evaluation meet CUDA tensors here; the checkpoint a
     # GPU run writes must load where there is no GPU (`rung eval` builds the agent on the CPU).
-    from rung import algos
     from rung.cli import main
 
-    module = algos.get(algo)
-    cfg = module.Config(**{**dict(total_timesteps=600, learning_starts=200, batch_size=32, hidden_sizes=(32, 32),
-                                  eval_every=300, eval_episodes=2, checkpoint_every=300, log_every=100),
-                           **overrides, "device": "cuda", "run_dir": str(tmp_path / "r")})
+    module, cfg = make(algo, overrides, tmp_path / "r", device="cuda")
     result = module.train(cfg)
     assert next(result.agent.parameters()).is_cuda
-    assert result.summary["total_timesteps"] == 600
+    assert result.summary["total_timesteps"] == cfg.total_timesteps
     assert main(["eval", str(tmp_path / "r"), "--episodes", "2"]) == 0
     assert "return" in capsys.readouterr().out
 
@@ -87,4 +78,3 @@ def test_grpo_learns_on_cuda(tmp_path, dtype):
                       num_generations=8, total_steps=60, device="cuda", dtype=dtype, run_dir=str(tmp_path / "r"))
     result = grpo.train(cfg)
     assert result.summary["eval_accuracy_after"] >= 0.875, result.summary
-
