@@ -205,7 +205,11 @@ def cmd_train(argv: list[str]) -> int:
             discard_unstarted(run_dir, made_from)
         raise
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: rung train --resume {run_dir}", file=sys.stderr)
+        if (run_dir / "checkpoints" / "latest.pt").exists():
+            print(f"\ninterrupted; continue with: rung train --resume {run_dir}", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first checkpoint, so there is nothing to resume in {run_dir}; "
+                  "start the run again (--force reuses the folder)", file=sys.stderr)
         return 130
     return 0
 

@@ -70,9 +70,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a folder; choose another --run-dir")
     if resume:
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} holds no run to resume (no config.yaml); check the path")
+        # A process killed while saving leaves its temporary file (as large as a checkpoint).
+        for tmp in (run_dir / "checkpoints").glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
@@ -105,6 +110,31 @@ def discard_unstarted(run_dir: Path, made_from: Path) -> None:
         if any(folder.iterdir()):
             break
         folder.rmdir()
+
+
+def drop_best_after(best: Path, step: int) -> None:
+    """Remove best.pt if an evaluation after the checkpoint at `step` wrote it: the resumed run
+    replays from `step` as if that work never happened (its metrics rows are dropped alike), and
+    its best-so-far value, restored from the checkpoint, would disagree with the file."""
+    if best.exists():
+        try:
+            # mmap: only the step is read, not a language model's weights.
+            later = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["step"] > step
+        except Exception:
+            later = True  # unreadable: written when the process died
+        if later:
+            best.unlink()
+
+
+def mismatch(saved: dict[str, Any], cfg: BaseConfig) -> str:
+    """The settings in which `cfg` differs from the config a checkpoint was written with."""
+    def plain(v: Any) -> Any:  # a tuple read back from config.yaml is a list
+        return list(v) if isinstance(v, tuple) else v
+
+    now = to_dict(cfg)
+    diff = [f"--{k.replace('_', '-')} {plain(now[k])} against {plain(saved[k])}" for k in now
+            if k in saved and k != "run_dir" and plain(now[k]) != plain(saved[k])]
+    return "; ".join(diff) if diff else "the same settings; the checkpoint may come from an older rung"
 
 
 class Counters(dict):
@@ -162,12 +192,14 @@ class Run:
         run_dir = Path(ddp.broadcast_object(str(run_dir)))
         if self.dist.is_main:
             prepare_run_dir(run_dir, resume=resume, force=force)
-            config = {"algo": algo, **to_dict(cfg), "run_dir": str(run_dir)}
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            if not resume:  # a resumed run's config.yaml changes only once its checkpoint has loaded
+                self._write_config(run_dir)
         ddp.barrier()
         self.run_dir = run_dir
         self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
         start_step = self.ckpt["step"] if self.ckpt else 0
+        if self.ckpt and self.dist.is_main:
+            drop_best_after(run_dir / "checkpoints" / "best.pt", start_step)
         self.threshold = cfg.solved_threshold
         self.logger = Logger(run_dir, cfg.budget, start_step=start_step, enabled=self.dist.is_main)
         self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
@@ -178,6 +210,10 @@ class Run:
         self._recent_returns: list[float] = []
         if not resume:
             self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget:,} steps -> {run_dir}")
+
+    def _write_config(self, run_dir: Path) -> None:
+        config = {"algo": self.algo, **to_dict(self.cfg), "run_dir": str(run_dir)}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     @property
     def wall(self) -> float:
@@ -197,7 +233,11 @@ class Run:
             return 0, 0
         ck = self.ckpt
         for name, module in modules.items():
-            module.load_state_dict(ck[name])
+            try:
+                module.load_state_dict(ck[name])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(f"the checkpoint's {name} does not fit this run ({mismatch(ck.get('config', {}), self.cfg)}); "
+                                f"resume without the flags that change it") from e
         ranks = ck["ranks"]
         if len(ranks) != self.dist.world_size:
             raise UserError(f"the checkpoint was written by {len(ranks)} process(es); resume it with the same number (got {self.dist.world_size})")
@@ -207,6 +247,8 @@ class Run:
         seeding.set_rng_state(own["rng"])
         self.eval_state = ck["eval"]
         self.wall_offset = ck["wall"]
+        if self.dist.is_main:
+            self._write_config(self.run_dir)  # flags given with --resume (a longer budget, say) now hold
         self.logger.info(f"resumed {self.run_dir} at step {ck['step']:,}")
         return ck["iteration"], ck["step"]
 

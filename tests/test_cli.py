@@ -159,3 +159,42 @@ def test_env_with_a_preset_starts_from_it(capsys, tmp_path):
                            "--total-timesteps", "512", "--eval-every", "0", "--run-dir", str(d2))
     assert code == 0 and "starting from preset" not in out
     assert yaml.safe_load((d2 / "config.yaml").read_text())["num_envs"] == 8
+
+
+def test_a_refused_resume_leaves_config_yaml_as_it_was(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    before = (d / "config.yaml").read_text()
+    # The checkpoint's networks are 64x64: loading them into 128x128 fails, named by its flag.
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--hidden-sizes", "128,128", "--total-timesteps", "1024")
+    assert code == 2 and err.count("\n") == 1
+    assert "does not fit this run" in err and "--hidden-sizes [128, 128] against [64, 64]" in err
+    assert (d / "config.yaml").read_text() == before  # a plain --resume still works afterwards
+    (d / "checkpoints" / "latest.pt").unlink()
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "1024")
+    assert code == 2 and "no checkpoint" in err
+    assert (d / "config.yaml").read_text() == before
+
+
+def test_a_run_dir_that_is_a_file_is_refused(capsys, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for extra in ([], ["--force"]):
+        code, _, err = run_cli(capsys, "train", "--run-dir", str(f), "--total-timesteps", "256", *extra)
+        assert code == 2 and "is a file, not a folder" in err
+    assert f.read_text() == "x"
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(capsys, tmp_path, monkeypatch):
+    from rung.algos import ppo
+
+    def interrupted(cfg, **kw):
+        from rung.run import Run
+
+        Run("ppo", cfg, **kw)  # makes the folder and config.yaml, as a run stopped early has
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo, "train", interrupted)
+    d = tmp_path / "r"
+    code, _, err = run_cli(capsys, "train", "ppo", "--run-dir", str(d))
+    assert code == 130 and "nothing to resume" in err and "--resume" not in err

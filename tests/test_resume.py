@@ -66,3 +66,96 @@ def test_atomic_save_keeps_previous_checkpoint_when_interrupted(tmp_path, monkey
         checkpoint.save_atomic({"format": checkpoint.FORMAT, "step": 2}, path)
     monkeypatch.undo()
     assert checkpoint.load(path)["step"] == 1
+
+
+def test_atomic_save_leaves_no_temporary_file_when_interrupted(tmp_path, monkeypatch):
+    def dies_midway(obj, f, *a, **k):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"step": 2}, tmp_path / "latest.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_removes_temporary_files_of_a_killed_save(tmp_path):
+    from rung.run import prepare_run_dir
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text("algo: ppo\n")
+    (tmp_path / "checkpoints" / "latest.pt").write_bytes(b"keep")
+    (tmp_path / "checkpoints" / ".latest.pt.tmp4242").write_bytes(b"left by a SIGKILL")
+    prepare_run_dir(tmp_path, resume=True, force=False)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["latest.pt"]
+
+
+def test_best_pt_written_after_the_checkpoint_is_dropped_on_resume(tmp_path):
+    from rung.run import drop_best_after
+
+    best = tmp_path / "best.pt"
+    torch.save({"step": 3000, "eval_mean_return": 500.0}, best)
+    drop_best_after(best, 4000)  # written before the checkpoint: part of the resumed history
+    assert best.exists()
+    drop_best_after(best, 2000)  # written after it: work the resumed run replays
+    assert not best.exists()
+    best.write_bytes(b"torn")  # cut off mid-write
+    drop_best_after(best, 2000)
+    assert not best.exists()
+
+
+def test_tensorboard_keeps_the_checkpoint_step_after_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rung.logging.logger import Logger
+
+    log = Logger(tmp_path, 1000, progress=False)
+    for step in (100, 200, 300):  # the checkpoint is at 200; 300 is lost work
+        log.log(step, 0.0, {"losses/x": float(step)})
+    log.close()
+    log = Logger(tmp_path, 1000, start_step=200, progress=False)
+    log.log(300, 0.0, {"losses/x": 3.0})
+    log.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("losses/x")] == [(100, 100.0), (200, 200.0), (300, 3.0)]
+
+
+def test_rng_state_carries_the_cuda_generators(monkeypatch):
+    from rung import seeding
+
+    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    got = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", got.append)
+    state = seeding.rng_state()
+    assert state["cuda"] is saved
+    seeding.set_rng_state(state)
+    assert got == [saved]
+    del state["cuda"]  # a checkpoint written on the CPU resumes anywhere
+    seeding.set_rng_state(state)
+    assert got == [saved]
+
+
+def test_unrestored_envs_renormalise_their_first_observation_with_loaded_statistics():
+    import numpy as np
+
+    from rung.envs.make import make_env
+
+    a = make_env("CartPole-v1", 2, 0, normalize_obs=True)
+    a.reset()
+    for _ in range(200):
+        a.step(torch.randint(0, 2, (2,)))
+    state = a.state_dict()
+    state["envs"] = None  # as for MuJoCo or Fetch, whose simulators do not pickle
+    b = make_env("CartPole-v1", 2, 7, normalize_obs=True)
+    raw = b.envs.reset(seed=[7, 8])[0]
+    b.reset()
+    b.load_state_dict(state)
+    mean, var = a.normalizer.obs_rms.mean, a.normalizer.obs_rms.var
+    want = np.clip((raw - mean) / np.sqrt(var + a.normalizer.eps), -10, 10)
+    assert torch.allclose(b.last_obs, torch.as_tensor(want, dtype=torch.float32), atol=1e-5)

@@ -122,13 +122,15 @@ class GymVecEnv:
         self.ep_return = np.zeros(num_envs, np.float64)
         self.ep_length = np.zeros(num_envs, np.int64)
         self.last_obs: torch.Tensor | None = None  # what reset/step last returned: where a resumed run continues
+        self._last_raw: np.ndarray | None = None  # the same before normalisation
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         base = self.seed if seed is None else seed
         obs, _ = self.envs.reset(seed=[base + i for i in range(self.num_envs)])
         self.ep_return[:] = 0
         self.ep_length[:] = 0
-        self.last_obs = self._tensor(self.normalizer.obs(self._flat(obs)))
+        self._last_raw = self._flat(obs)
+        self.last_obs = self._tensor(self.normalizer.obs(self._last_raw))
         return self.last_obs
 
     def step(self, actions: torch.Tensor) -> EnvStep:
@@ -138,7 +140,7 @@ class GymVecEnv:
             # learner keeps the sampled one, so its log-prob stays exact.
             act = np.clip(act, self.action_low, self.action_high)
         obs, reward, terminated, truncated, info = self.envs.step(act)
-        obs = self._flat(obs)
+        obs = self._last_raw = self._flat(obs)
         reward = np.asarray(reward, np.float64)
         done = terminated | truncated
         self.ep_return += reward
@@ -222,6 +224,10 @@ class GymVecEnv:
 
     def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> None:
         self.normalizer.load_state_dict(state["normalizer"])
+        if self._last_raw is not None:
+            # The envs' current observation (a fresh reset's, where the simulators do not pickle)
+            # was normalised with statistics of that observation alone; use the loaded ones.
+            self.last_obs = self._tensor(self.normalizer.obs(self._last_raw, update=False))
         if restore_envs and state.get("envs") is not None:
             envs = pickle.loads(state["envs"])
             if envs.num_envs == self.num_envs:

@@ -62,8 +62,10 @@ class Logger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events a killed run wrote after its last checkpoint.
-            self._tb = SummaryWriter(str(run_dir), purge_step=start_step if start_step > 0 else None)
+            # purge_step hides events a killed run wrote after its last checkpoint. TensorBoard
+            # hides steps >= purge_step, and the rows at the checkpoint's own step were written
+            # before it and are not written again: hence the + 1.
+            self._tb = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step > 0 else None)
         if progress is None:
             progress = sys.stdout.isatty()
         if progress:
