@@ -242,8 +242,12 @@ class Run:
         if len(ranks) != self.dist.world_size:
             raise UserError(f"the checkpoint was written by {len(ranks)} process(es); resume it with the same number (got {self.dist.world_size})")
         own = ranks[self.dist.rank]
-        if envs is not None:
-            envs.load_state_dict(own["env"])
+        if envs is not None and not envs.load_state_dict(own["env"]):
+            # The envs start new episodes (their simulators do not pickle): whatever tracks the
+            # running ones (HER's buffer) ends them here, or it would join each to the next.
+            for module in modules.values():
+                if hasattr(module, "cut_episodes"):
+                    module.cut_episodes()
         seeding.set_rng_state(own["rng"])
         self.eval_state = ck["eval"]
         self.wall_offset = ck["wall"]

@@ -102,3 +102,15 @@ def test_buffer_that_would_not_fit_in_memory_is_refused(monkeypatch):
         ReplayBuffer(1_000_000, 1, (17,), (6,), False)
     assert "\n" not in str(err.value)
     ReplayBuffer(1_000, 1, (17,), (6,), False)  # small enough: accepted
+
+
+def test_a_wrapped_buffer_resumes_only_at_its_own_size():
+    small = ReplayBuffer(4, 1, (3,), (), True, check_memory=False)
+    _fill(small, 6)  # wrapped: every row holds data
+    with pytest.raises(UserError, match="--buffer-size"):
+        ReplayBuffer(8, 1, (3,), (), True, check_memory=False).load_state_dict(small.state_dict())
+    young = ReplayBuffer(4, 1, (3,), (), True, check_memory=False)
+    _fill(young, 3)  # not wrapped: a larger buffer goes on filling after it
+    larger = ReplayBuffer(8, 1, (3,), (), True, check_memory=False)
+    larger.load_state_dict(young.state_dict())
+    assert len(larger) == 3

@@ -208,3 +208,37 @@ def test_fetch_checkpoint_restores_statistics_not_the_simulator(fetch):
     assert state["envs"] is None
     fetch.load_state_dict(state)
     assert fetch.step(torch.zeros(2, 4)).obs.shape == (2, 16)
+
+
+def test_cut_episodes_keeps_a_reset_episode_apart_from_the_next():
+    buf = synthetic((4,), 6)  # steps 0-3 one episode; 4 and 5 of one cut off by a resume
+    blob = io.BytesIO()
+    torch.save(buf.state_dict(), blob)
+    blob.seek(0)
+    restored = HerReplayBuffer(1000, 1, PARTS, 8, (1,), fake_reward, check_memory=False)
+    restored.load_state_dict(torch.load(blob))
+    restored.cut_episodes()
+    synthetic((4,), 6, buf=restored, start=6)  # the envs' new episodes: 6-7 (ends where 4's would), 8-11
+    batch = restored.sample(4000)
+    _, t, _, gt = where_from(batch)
+    r = restored.last_relabelled
+    assert not r[(t == 4) | (t == 5)].any()  # never given goals of the episode after them
+    assert (t == 4).any() and (t == 5).any()  # still sampled, with their own goal
+    new = r & (t >= 6) & (t <= 7)
+    assert new.any() and ((gt[new] >= 6) & (gt[new] <= 7)).all()
+
+
+@pytest.mark.parametrize("env_id, continues", [("FetchReach-v4", False), ("CartPole-v1", True)])
+def test_resume_ends_running_episodes_only_where_the_simulators_were_not_restored(tmp_path, env_id, continues):
+    if env_id.startswith("Fetch"):
+        pytest.importorskip("gymnasium_robotics")
+    from rung.algos import sac
+    from rung.run import Run
+
+    cfg = sac.Config(env="Pendulum-v1", run_dir=str(tmp_path / "r"), eval_every=0)
+    envs = GymVecEnv(env_id, 1, seed=0)
+    envs.reset()
+    Run("sac", cfg).save(1, 6, {"buffer": synthetic((4,), 6)}, envs)  # mid-episode: it began at step 4
+    restored = HerReplayBuffer(1000, 1, PARTS, 8, (1,), fake_reward, check_memory=False)
+    Run("sac", cfg, resume=True).restore({"buffer": restored}, GymVecEnv(env_id, 1, seed=0))
+    assert restored.cur_start.tolist() == ([4] if continues else [6])

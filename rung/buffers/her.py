@@ -132,3 +132,9 @@ class HerReplayBuffer(ReplayBuffer):
         super().load_state_dict(state)
         self.steps = state["steps"]
         self.cur_start.copy_(state["cur_start"])
+
+    def cut_episodes(self) -> None:
+        """The envs were reset without ending their episodes (a resume whose simulators did not
+        pickle): the stored parts of those episodes keep length 0, so they are never relabelled,
+        and each env's next step starts a new episode."""
+        self.cur_start.fill_(self.steps)

@@ -166,7 +166,10 @@ class ReplayBuffer:
             pairs = store.items() if isinstance(store, dict) else [(None, store)]
             for key, dst in pairs:
                 src = saved[key] if key is not None else saved
-                if src.shape[1:] != dst.shape[1:] or src.shape[0] > dst.shape[0]:
+                # A ring that has wrapped is full at its own size only: in a larger one the rows
+                # past it would be sampled as transitions, all zeros.
+                wrong_rows = src.shape[0] != dst.shape[0] if state["full"] else src.shape[0] > dst.shape[0]
+                if src.shape[1:] != dst.shape[1:] or wrong_rows:
                     raise UserError(f"the checkpoint's replay buffer has shape {tuple(src.shape)}, this run's {tuple(dst.shape)}; "
                                     "resume with the same --buffer-size and --num-envs")
                 dst[: src.shape[0]] = src.to(dst.device)

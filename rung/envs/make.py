@@ -222,7 +222,9 @@ class GymVecEnv:
         return {"normalizer": self.normalizer.state_dict(), "envs": envs, "last_obs": self.last_obs,
                 "ep_return": self.ep_return.copy(), "ep_length": self.ep_length.copy()}
 
-    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> bool:
+        """Load what state_dict saved; True when the simulators were restored, so that the running
+        episodes go on, False when the envs start new ones from their reset."""
         self.normalizer.load_state_dict(state["normalizer"])
         if self._last_raw is not None:
             # The envs' current observation (a fresh reset's, where the simulators do not pickle)
@@ -236,6 +238,8 @@ class GymVecEnv:
                 self.ep_return = state["ep_return"].copy()
                 self.ep_length = state["ep_length"].copy()
                 self.last_obs = state["last_obs"]
+                return True
+        return False
 
     def close(self) -> None:
         self.envs.close()

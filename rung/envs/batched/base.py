@@ -154,16 +154,18 @@ class BatchedEnv:
                 "params": {k: v.clone() for k, v in self.params.items()}, "generator": self.generator.get_state(),
                 "normalizer": self.normalizer.state_dict(), "last_obs": self.last_obs}
 
-    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any], restore_envs: bool = True) -> bool:
+        """True when the envs' state was restored (the running episodes go on)."""
         self.normalizer.load_state_dict(state["normalizer"])
         if not restore_envs or state["state"].shape[0] != self.num_envs:
-            return
+            return False
         self.state = state["state"].to(self.device)
         self.elapsed = state["elapsed"].to(self.device)
         self.ep_return = state["ep_return"].to(self.device)
         self.params = {k: v.to(self.device) for k, v in state["params"].items()}
         self.generator.set_state(state["generator"])
         self.last_obs = state["last_obs"].to(self.device)
+        return True
 
     def close(self) -> None:
         pass
