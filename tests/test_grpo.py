@@ -113,6 +113,7 @@ def test_step_tensors_find_the_token_where_each_step_ends():
     tok = tiny_tokenizer()
     texts = ["12 + 3 = 15\n15 - 4 = 11\n#### 11", "#### 7"]
     rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rows[0] = rows[0] + [tok.eos_token_id]  # a response that stopped; the second was cut off
     T = max(map(len, rows)) + 2
     ids = torch.zeros(2, T, dtype=torch.long)
     mask = torch.zeros(2, T, dtype=torch.bool)
@@ -122,11 +123,12 @@ def test_step_tensors_find_the_token_where_each_step_ends():
     rewards, ends, real = grpo.step_tensors(tok, SimpleNamespace(response_ids=ids, response_mask=mask), steps)
     assert rewards.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]] and real.tolist() == [[True] * 3, [True, False, False]]
     for i, row in enumerate(steps):
-        for j, (end, _) in enumerate(row):
+        for j, (end, _) in enumerate(row[:-1]):
             k = int(ends[i, j])
             # The step's last character lies in token k: its prefix reaches it, the one before does not.
             assert len(tok.decode(rows[i][:k + 1])) >= end > len(tok.decode(rows[i][:k]))
-    assert ends[1, 0] == len(rows[1]) - 1
+    # The last step runs to the response's last token, the end-of-text token where there is one.
+    assert ends[0, 2] == len(rows[0]) - 1 and ends[1, 0] == len(rows[1]) - 1
 
 
 def test_process_supervision_runs_on_chain_sums(tmp_path):

@@ -117,7 +117,9 @@ def step_tensors(tokenizer, rollout, steps: list[list[tuple[int, float]]]
         # step ends in the first token whose prefix reaches the step's last character.
         reach = [len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) for k in range(len(ids))]
         for j, (end, reward) in enumerate(row):
-            k = next((k for k, n in enumerate(reach) if n >= end), len(ids) - 1)
+            # The last step is the rest of the response, to its last token: the end-of-text token
+            # decodes to nothing, so searching by length would leave it out of every step.
+            k = len(ids) - 1 if j == len(row) - 1 else next((k for k, n in enumerate(reach) if n >= end), len(ids) - 1)
             rewards[i, j], ends[i, j], mask[i, j] = reward, positions[max(k, 0)] if positions else 0, True
     return rewards, ends, mask
 
