@@ -48,6 +48,7 @@ def test_extract_answer(text, expected):
     ("3/4", 0.75), ("-3/4", -0.75), ("\\frac{3}{4}", 0.75), ("\\dfrac{3}{4}", 0.75), ("\\tfrac{1}{8}", 0.125),
     ("-\\frac{3}{4}", -0.75), ("\\frac{-3}{4}", -0.75), ("\\dfrac34", 0.75), ("$\\frac{10}{4}$", 2.5),
     ("x = 5", 5.0), ("(3)", 3.0),
+    ("**42**", 42.0), ("_7_", 7.0), ("6, or seven", None), ("6 and 7", None), ("5 pounds and 3 ounces", None),
     ("", None), ("abc", None), ("5 or 6", None), ("1/0", None), ("nan", None), ("inf", None),
     ("\\frac{\\sqrt{2}}{2}", None), ("1 1/2", None), ("3 - 4", None),
 ])
@@ -68,6 +69,9 @@ def test_normalize_number(text, expected):
     ("#### 0.3333333", "1/3", 1.0),                        # within 1e-6 relative
     ("#### 0.3333", "1/3", 0.0),
     ("#### 1000000.5", "1000000", 1.0),                    # 5e-7 relative
+    ("#### 1000001", "1000000", 0.0),                      # whole numbers compare exactly
+    ("#### 123456789", "123456789", 1.0),
+    ("#### **42**", "42", 1.0),
     ("#### 0", "0", 1.0),
     ("#### 0.001", "0", 0.0),
     ("First I got 41, then I found my mistake: 42", "42", 1.0),

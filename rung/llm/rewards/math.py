@@ -61,7 +61,9 @@ def normalize_number(s: str) -> float | None:
     Handles "1,234", "$5", "5 dollars", "12 cm", "25%", "-3", "−3", "0.5", "3/4", "\\frac{3}{4}",
     "\\dfrac34", "x = 5", "$\\$5.00$", "42." (trailing period) and "90^\\circ".
     """
-    s = s.strip().replace("\u2212", "-")
+    s = s.strip().strip("*_").strip().replace("\u2212", "-")  # Markdown emphasis: "**42**"
+    if re.search(r"\b(?:or|and)\b", s):
+        return None  # a hedge ("6, or seven") or several answers, not one number
     s = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", s)
     s = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"\1/\2", s)
     s = re.sub(r"\\(?:text|mathrm|mbox)\s*\{[^{}]*\}", " ", s)  # units written as LaTeX text
@@ -79,13 +81,18 @@ def normalize_number(s: str) -> float | None:
 
 
 def math_reward(completion: str, answer: str) -> float:
-    """1.0 if the completion's final answer equals the reference `answer` within 1e-6 relative, else 0.0."""
+    """1.0 if the completion's final answer equals the reference `answer` (exactly where both are
+    whole numbers, else within 1e-6 relative), else 0.0."""
     gold = normalize_number(answer)
     if gold is None:
         raise UserError(f"math_reward needs a numeric reference answer, got {answer!r}")
     extracted = extract_answer(completion)
     value = normalize_number(extracted) if extracted is not None else None
-    return 1.0 if value is not None and math.isclose(value, gold, rel_tol=1e-6, abs_tol=1e-12) else 0.0
+    if value is None:
+        return 0.0
+    if value.is_integer() and gold.is_integer():
+        return 1.0 if value == gold else 0.0  # 1e-6 relative would let 1000001 pass for 1000000
+    return 1.0 if math.isclose(value, gold, rel_tol=1e-6, abs_tol=1e-12) else 0.0
 
 
 def format_reward(completion: str) -> float:
