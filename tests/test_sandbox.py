@@ -91,6 +91,13 @@ def test_traceback_names_the_line_of_the_error():
     assert "_hook" not in result.stderr and "exec(" not in result.stderr  # the preamble's frame is dropped
 
 
+def test_cpu_limit_warns_before_it_kills():
+    # Soft and hard limits apart, so that code burning CPU faster than the clock (several threads)
+    # gets SIGXCPU, a "timeout", rather than a bare SIGKILL.
+    result = run_code("import resource\nprint(*resource.getrlimit(resource.RLIMIT_CPU))", timeout=3)
+    assert result.ok and result.stdout.split() == ["4", "5"]
+
+
 def test_infinite_loop_is_killed_at_the_timeout(isolation):
     result = run_code("print('started', flush=True)\nwhile True:\n    pass", timeout=1)
     assert result.reason == "timeout" and not result.ok

@@ -60,8 +60,10 @@ _cfg = json.loads(sys.argv[1])
 for _name, _value in _cfg["rlimits"].items():
     _kind = getattr(resource, _name)
     _hard = resource.getrlimit(_kind)[1]
-    _value = _value if _hard == resource.RLIM_INFINITY else min(_value, _hard)
-    resource.setrlimit(_kind, (_value, _value))
+    # CPU time: SIGXCPU at the soft limit (reported as a timeout), SIGKILL a second later.
+    _top = _value + 1 if _name == "RLIMIT_CPU" else _value
+    _value, _top = (_value, _top) if _hard == resource.RLIM_INFINITY else (min(_value, _hard), min(_top, _hard))
+    resource.setrlimit(_kind, (_value, _top))
 _ROOT = os.path.realpath(os.getcwd())
 _WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 # event -> (path, dir_fd) argument positions that must lie inside the sandbox directory
