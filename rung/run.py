@@ -175,7 +175,10 @@ class Run:
     """Call order in an algorithm: Run(...) -> restore() -> [log(), maybe_evaluate(),
     maybe_checkpoint()] per iteration -> finish()."""
 
-    def __init__(self, algo: str, cfg: BaseConfig, *, resume: bool = False, force: bool = False):
+    def __init__(self, algo: str, cfg: BaseConfig, *, resume: bool = False, force: bool = False,
+                 multi_process: bool = False):
+        """`multi_process`: the algorithm averages its gradients over torchrun's processes; the
+        others are refused under torchrun rather than run as N unsynchronised copies."""
         cfg.validate()
         self.algo, self.cfg, self.resume = algo, cfg, resume
         if cfg.torch_threads > 0:
@@ -183,6 +186,10 @@ class Run:
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {cfg.device} asked for, but torch sees no CUDA device; use --device cpu")
         self.dist = ddp.init(cfg.device)
+        if self.dist.world_size > 1 and not multi_process:
+            ddp.shutdown()
+            raise UserError(f"{algo} runs in one process and this is {self.dist.world_size} (torchrun); "
+                            "launch it without torchrun, or use ppo, reinforce, grpo, ppo_llm, reinforce_llm or sft")
         self.device = torch.device(f"cuda:{self.dist.local_rank}" if cfg.device == "cuda" else cfg.device)
         # Each rank draws its own actions and runs its own env seeds.
         self.env_seed = cfg.seed + 100_003 * self.dist.rank

@@ -151,3 +151,48 @@ def test_torchrun_two_processes_trains_and_only_rank0_writes(tmp_path):
              if "losses/policy" in line]
     assert steps == list(range(512, 4097, 512))
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+
+
+def collectives_worker(rank: int, port: int, out: dict) -> None:
+    """Each rank with different local values, as two processes on their own envs have."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from rung.algos import grpo, sac
+    from rung.errors import UserError
+    from rung.llm.config import load_policy
+    from rung.run import Run
+
+    # KL early stop: rank 0 alone is above the target, the mean (0.25) is not.
+    out[rank, "kl"] = (ppo.kl_exceeded(torch.tensor([0.4, 0.0][rank]), 0.3), ppo.kl_exceeded(torch.tensor(0.5), None))
+    # Float32 values with a large mean: the pooled std must not cancel to 0.
+    g = torch.Generator().manual_seed(rank)
+    x = 1e4 + torch.randn(32768, generator=g)
+    out[rank, "std"] = ddp.mean_std(x)[1].item()
+    # LoRA's A matrices start random, from each rank's own seed.
+    torch.manual_seed(100 + rank)
+    model, _ = load_policy(grpo.Config(model="tiny-gpt", task="target_token", lora_r=4), torch.device("cpu"))
+    out[rank, "lora"] = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    try:
+        Run("sac", sac.Config(env="Pendulum-v1", run_dir=os.devnull))
+    except UserError as e:
+        out[rank, "refused"] = str(e)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_ranks_decide_alike_and_start_alike():
+    pytest.importorskip("peft")
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(collectives_worker, args=(free_port(), out), nprocs=2, join=True)
+        out = dict(out)
+    assert out[0, "kl"] == out[1, "kl"] == (False, False)
+    g0, g1 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    both = torch.cat([1e4 + torch.randn(32768, generator=g0), 1e4 + torch.randn(32768, generator=g1)]).double()
+    assert out[0, "std"] == out[1, "std"] == pytest.approx(both.std().item(), rel=1e-4)
+    lora0, lora1 = out[0, "lora"], out[1, "lora"]
+    assert any("lora_A" in k for k in lora0)
+    for k in lora0:
+        assert torch.equal(lora0[k], lora1[k]), k
+    assert "sac runs in one process" in out[0, "refused"] and "sac runs in one process" in out[1, "refused"]

@@ -223,7 +223,7 @@ def accumulate_gradients(model, rollout, advantages: torch.Tensor, cfg: Config,
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("grpo", cfg, resume=resume, force=force)
+    run = Run("grpo", cfg, resume=resume, force=force, multi_process=True)
     device, world = run.device, run.dist.world_size
     task = load_task(cfg)
     if cfg.advantage == "process" and not getattr(task, "has_steps", False):

@@ -128,6 +128,9 @@ class Config(RunConfig):
         if self.batch_size % self.num_minibatches:
             raise UserError(f"--num-minibatches {self.num_minibatches} does not divide the rollout of {self.batch_size} samples "
                             f"(num_envs * num_steps); pick a divisor of {self.batch_size}")
+        if self.norm_adv and self.minibatch_size < 2:
+            raise UserError(f"--num-minibatches {self.num_minibatches} leaves one sample a minibatch, whose advantage "
+                            "has no std to normalise by; use fewer minibatches or --norm-adv false")
         widths(self, "hidden_sizes")
         validate_init_flags(self)
 
@@ -136,6 +139,9 @@ def start_from(cfg: Config, agent: ActorCritic, envs) -> str:
     """Load --init-from's policy into `agent` and its observation statistics into `envs`
     (whose statistics must already be frozen); returns a line for the log."""
     src = load_source(cfg, envs, "ppo", ("bc", "ppo"))
+    if src.algo == "bc" and src.cfg.for_algo != "ppo":
+        raise UserError(f"--init-from {src.run_dir} is a bc run cloned for {src.cfg.for_algo}, whose actor has another "
+                        "shape than ppo's; clone again with --for-algo ppo, or fine-tune it with sac")
     require_same(src, "hidden_sizes", tuple(src.cfg.hidden_sizes), tuple(cfg.hidden_sizes))
     require_same(src, "activation", src.cfg.activation, cfg.activation)
     # The flag rather than silently following the source: config.yaml must say how this run's
@@ -183,8 +189,14 @@ def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float, i
     return loss, {f"losses/{k}": v for k, v in stats.items()}
 
 
+def kl_exceeded(approx_kl: torch.Tensor, target_kl: float | None) -> bool:
+    """Whether to stop an update's epochs early: on the approx KL averaged over processes, so that
+    every rank stops at the same epoch (one that stopped alone would wait in another collective)."""
+    return target_kl is not None and bool(ddp.mean_over_ranks(torch.as_tensor(approx_kl)) > target_kl)
+
+
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("ppo", cfg, resume=resume, force=force)
+    run = Run("ppo", cfg, resume=resume, force=force, multi_process=True)
     device, world = run.device, run.dist.world_size
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize),
                     normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma,
@@ -245,7 +257,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                 opt.step()
-            if cfg.target_kl is not None and stats["losses/approx_kl"] > cfg.target_kl:
+            if kl_exceeded(stats["losses/approx_kl"], cfg.target_kl):
                 break
         ddp.sync_normalizer(envs.normalizer)
         t2 = time.perf_counter()

@@ -126,7 +126,7 @@ def make_agent(cfg: Config, device: torch.device | str = "cpu"):
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("ppo_llm", cfg, resume=resume, force=force)
+    run = Run("ppo_llm", cfg, resume=resume, force=force, multi_process=True)
     device, world, rank = run.device, run.dist.world_size, run.dist.rank
     model, tokenizer, value_head = make_agent(cfg, device)
     task = load_task(cfg)

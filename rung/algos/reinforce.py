@@ -78,7 +78,7 @@ class Config(RunConfig):
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("reinforce", cfg, resume=resume, force=force)
+    run = Run("reinforce", cfg, resume=resume, force=force, multi_process=True)
     device, world = run.device, run.dist.world_size
     envs = make_env(cfg.env, cfg.num_envs, run.env_seed, device=device, randomize=parse_randomize(cfg.randomize),
                     normalize_obs=cfg.normalize_obs, normalize_reward=cfg.normalize_reward, gamma=cfg.gamma,

@@ -74,7 +74,7 @@ def make_agent(cfg: Config, device: torch.device | str = "cpu"):
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("reinforce_llm", cfg, resume=resume, force=force)
+    run = Run("reinforce_llm", cfg, resume=resume, force=force, multi_process=True)
     device, world = run.device, run.dist.world_size
     model, tokenizer = make_agent(cfg, device)
     task = load_task(cfg)

@@ -132,7 +132,7 @@ def make_agent(cfg: Config, device: torch.device | str = "cpu"):
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("sft", cfg, resume=resume, force=force)
+    run = Run("sft", cfg, resume=resume, force=force, multi_process=True)
     device, world, rank = run.device, run.dist.world_size, run.dist.rank
     model, tokenizer = make_agent(cfg, device)
     task = load_task(cfg)

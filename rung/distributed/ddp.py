@@ -65,12 +65,34 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (Bessel-corrected) std of `x` over every rank's elements."""
     if not is_distributed():
         return x.mean(), x.std()
-    s = torch.stack([x.sum(), x.pow(2).sum(), torch.tensor(float(x.numel()), device=x.device)]).double()
+    # Summed in float64: sum of squares minus n * mean^2 cancels badly in float32 when the mean is
+    # large against the std (mean 1e4, std 1 gave a std of 0).
+    x64 = x.double()
+    s = torch.stack([x64.sum(), x64.pow(2).sum(), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
     dist.all_reduce(s)
     total, sq, n = s.unbind()
     mean = total / n
     var = (sq - n * mean**2) / (n - 1)
     return mean.to(x.dtype), var.clamp_min(0).sqrt().to(x.dtype)
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """`x` averaged over every rank (itself on one process), on the rank's device: for a value
+    that all ranks must act on alike."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
+def broadcast_params(params) -> None:
+    """Every rank takes rank 0's values of `params`, for weights that start random outside DDP."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
 
 
 def all_reduce_grads(params) -> None:

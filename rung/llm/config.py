@@ -122,6 +122,11 @@ def load_policy(cfg: LLMConfig, device: torch.device) -> tuple[Any, Any]:
     """(model, tokenizer) for `cfg`: LoRA-wrapped when lora_r > 0, in train mode (dropout stays off)."""
     from rung.llm.models import LoraConfig, load_model
 
+    from rung.distributed import ddp
+
     lora = LoraConfig.from_flags(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model, tokenizer = load_model(cfg.model, device=device, dtype=DTYPES[cfg.dtype], lora=lora)
+    # Each process seeds torch with its rank, and LoRA's A matrices start random: without this
+    # every process would train its own adapters on the averaged gradient.
+    ddp.broadcast_params(p for p in model.parameters() if p.requires_grad)
     return model.train(), tokenizer
