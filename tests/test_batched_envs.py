@@ -120,3 +120,17 @@ def test_state_round_trip_continues_identically():
     for a, r in zip(actions, ref):
         s = other.step(a)
         assert torch.equal(s.obs, r.obs) and torch.equal(s.reward, r.reward)
+
+
+def test_a_state_for_other_env_counts_renormalises_the_current_observation():
+    env = batched.make("CartPole-v1", 8, seed=3, normalize_obs=True)
+    env.reset()
+    for _ in range(300):
+        env.step(torch.randint(0, 2, (8,)))
+    other = batched.make("CartPole-v1", 4, seed=5, normalize_obs=True)
+    other.reset()  # normalised by statistics of its 4 reset states alone
+    assert other.load_state_dict(env.state_dict()) is False  # 8 envs saved, 4 here: they keep their episodes
+    raw = other.observe(other.state)
+    rms = env.normalizer.obs_rms
+    want = ((raw - rms.mean) / torch.sqrt(rms.var + env.normalizer.eps)).clamp(-10, 10).float()
+    assert torch.allclose(other.last_obs, want, atol=1e-5)

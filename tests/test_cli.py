@@ -22,6 +22,7 @@ def run_cli(capsys, *argv):
     (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a number"),
     (["train", "ppo", "--num-envs", "0"], "--num-envs must be > 0"),
     (["train", "ppo", "--num-minibatches", "7"], "does not divide the rollout of 256"),
+    (["train", "ppo", "--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "leaves one sample a minibatch"),
     (["train", "ppo", "--gamma", "1.5"], "--gamma must be in"),
     (["train", "ppo", "--activation", "sigmoid"], "--activation expects one of tanh, relu, elu"),
     (["train", "ppo", "--lerning-rate", "0.1"], "did you mean --learning-rate"),

@@ -158,6 +158,8 @@ class BatchedEnv:
         """True when the envs' state was restored (the running episodes go on)."""
         self.normalizer.load_state_dict(state["normalizer"])
         if not restore_envs or state["state"].shape[0] != self.num_envs:
+            # The current observation was normalised by statistics of the reset alone.
+            self.last_obs = self._obs(self.observe(self.state), update=False)
             return False
         self.state = state["state"].to(self.device)
         self.elapsed = state["elapsed"].to(self.device)
