@@ -35,6 +35,8 @@ def run_sb3(seed: int) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
+    from rung.run import FINAL_ROUND, evaluation_seed
+
     def linear(start: float):
         return lambda progress_remaining: progress_remaining * start
 
@@ -46,11 +48,14 @@ def run_sb3(seed: int) -> dict:
             self.eval_seconds, self.next_eval, self.solved_at, self.start = 0.0, EVAL_EVERY, None, time.perf_counter()
             self.eval_env = gym.make("CartPole-v1")
             self.last_eval = None
+            self.round = 0
 
-        def evaluate(self) -> float:
+        def evaluate(self, eval_round: int) -> float:
+            # rung's start states for the same round, so both frameworks are judged on the same episodes.
+            first = evaluation_seed(seed, EVAL_EPISODES, eval_round)
             returns = []
             for ep in range(EVAL_EPISODES):
-                obs, _ = self.eval_env.reset(seed=10_000 * seed + ep)
+                obs, _ = self.eval_env.reset(seed=first + ep)
                 done, total = False, 0.0
                 while not done:
                     action, _ = self.model.predict(obs, deterministic=True)
@@ -64,7 +69,8 @@ def run_sb3(seed: int) -> dict:
             if self.num_timesteps >= self.next_eval:
                 self.next_eval += EVAL_EVERY
                 t = time.perf_counter()
-                self.last_eval = self.evaluate()
+                self.last_eval = self.evaluate(self.round)
+                self.round += 1
                 self.eval_seconds += time.perf_counter() - t
                 if self.last_eval >= TARGET and self.solved_at is None:
                     self.solved_at = time.perf_counter() - self.start - self.eval_seconds
@@ -77,18 +83,23 @@ def run_sb3(seed: int) -> dict:
     clock = Clock()
     model.learn(TOTAL, callback=clock)
     train_seconds = time.perf_counter() - clock.start - clock.eval_seconds
-    final = clock.evaluate()
+    final = clock.evaluate(FINAL_ROUND)
+    if final >= TARGET and clock.solved_at is None:  # rung's rule: its final evaluation counts too
+        clock.solved_at = train_seconds
     return {"framework": "sb3", "seed": seed, "solved_at_seconds": clock.solved_at, "train_seconds": train_seconds,
             "steps": model.num_timesteps, "steps_per_second": model.num_timesteps / train_seconds,
             "final_eval": final, "setup_seconds": clock.start - t0}
 
 
 def run_rung(seed: int) -> dict:
+    import torch
+
     from rung.algos import ppo
 
     out = tempfile.mkdtemp(prefix="rung-bench-")
     # The preset defaults are the same RL Zoo settings; only seed, evaluation and folder are set.
-    cfg = ppo.Config(seed=seed, total_timesteps=TOTAL, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES, run_dir=out)
+    cfg = ppo.Config(seed=seed, total_timesteps=TOTAL, eval_every=EVAL_EVERY, eval_episodes=EVAL_EPISODES, run_dir=out,
+                     torch_threads=torch.get_num_threads())  # Run sets the thread count from the config
     s = ppo.train(cfg).summary
     return {"framework": "rung", "seed": seed, "solved_at_seconds": s["solved_at_seconds"], "train_seconds": s["wall_seconds"],
             "steps": s["total_timesteps"], "steps_per_second": s["total_timesteps"] / s["wall_seconds"],
@@ -128,8 +139,9 @@ def main() -> None:
                   f"final eval {res['final_eval']:.1f}", flush=True)
 
     def med(fw, key):
-        vals = [r[key] for r in results[fw] if r[key] is not None]
-        return statistics.median(vals) if vals else None
+        # A seed that never solved has no time; dropping it would flatter that framework's median.
+        vals = [r[key] for r in results[fw]]
+        return None if any(v is None for v in vals) else statistics.median(vals)
 
     print(f"\nCartPole-v1 PPO, {TOTAL:,} steps, seeds {a.seeds}, torch threads {a.threads}")
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, "

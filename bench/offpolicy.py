@@ -51,10 +51,14 @@ def sb3_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu") 
     t0 = time.perf_counter()
     model.learn(steps)
     wall = time.perf_counter() - t0
+    from rung.run import FINAL_ROUND, evaluation_seed
+
     env = gym.make(env_id)
     returns = []
+    # The start states of rung's final evaluation, so that the final returns compare like with like.
+    first = evaluation_seed(seed, EVAL_EPISODES, FINAL_ROUND)
     for ep in range(EVAL_EPISODES):
-        obs, _ = env.reset(seed=1_000_000 + 10_007 * seed + ep)
+        obs, _ = env.reset(seed=first + ep)
         done, total = False, 0.0
         while not done:
             action, _ = model.predict(obs, deterministic=True)

@@ -112,6 +112,16 @@ def discard_unstarted(run_dir: Path, made_from: Path) -> None:
         folder.rmdir()
 
 
+FINAL_ROUND = 10**6  # the final evaluation's round: a number no periodic evaluation reaches
+
+
+def evaluation_seed(seed: int, episodes: int, eval_round: int) -> int:
+    """The seed of the first episode of evaluation round `eval_round` (episode i starts from this
+    plus i): a function of the run's seed and the round only, never of the history, so that peers
+    in bench/ can play the same start states."""
+    return 1_000_000 + 10_007 * seed + episodes * eval_round
+
+
 def drop_best_after(best: Path, step: int) -> None:
     """Remove best.pt if an evaluation after the checkpoint at `step` wrote it: the resumed run
     replays from `step` as if that work never happened (its metrics rows are dropped alike), and
@@ -307,7 +317,7 @@ class Run:
             self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, device=self.device,
                                       normalize_obs=envs.normalizer.norm_obs)
         # Evaluation seeds depend only on the run's seed and the round, never on the history.
-        seed = 1_000_000 + 10_007 * self.cfg.seed + self.cfg.eval_episodes * eval_round
+        seed = evaluation_seed(self.cfg.seed, self.cfg.eval_episodes, eval_round)
         return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device, successes=successes)
 
     def maybe_evaluate(self, agent: torch.nn.Module, envs: VecEnv, step_before: int, step: int) -> None:
@@ -375,7 +385,7 @@ class Run:
         summary: dict[str, Any] = {}
         if self.dist.is_main:
             successes: list[float] = []
-            returns = self._evaluate(agent, envs, 10**6, successes)  # a round number no periodic eval uses
+            returns = self._evaluate(agent, envs, FINAL_ROUND, successes)
             st = self.eval_state
             mean = float(np.mean(returns))
             if self._solved(mean, successes) and st["solved_at_step"] is None:
