@@ -229,34 +229,49 @@ def cmd_eval(argv: list[str]) -> int:
     p = Parser(prog="rung eval", description="Evaluate a run's policy with deterministic actions (greedy responses "
                "to held-out problems for a language-model run).")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
-    p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="which checkpoint (default best)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the first episode (default 12345)")
-    p.add_argument("--video", action="store_true", help="also write DIR/eval.mp4 of one episode")
+    # Defaults of None so that a flag of the other kind of run is refused, not silently ignored.
+    env = p.add_argument_group("env runs")
+    env.add_argument("--episodes", type=int, help="episodes to run (default 10)")
+    env.add_argument("--checkpoint", choices=["best", "latest"], help="which checkpoint (default best)")
+    env.add_argument("--seed", type=int, help="seed of the first episode (default 12345)")
+    env.add_argument("--video", action="store_true", help="also write DIR/eval.mp4 of one episode")
     llm = p.add_argument_group("language-model runs")
     llm.add_argument("--prompts", type=int, help="held-out problems to score (default: as many as the run evaluated on)")
-    llm.add_argument("--prompt-seed", type=int, default=0,
+    llm.add_argument("--prompt-seed", type=int,
                      help="0 (default): the run's own held-out problems; another seed draws others from the test split "
                      "(a task with few distinct problems repeats some)")
-    llm.add_argument("--weights", choices=["average", "raw"], default="average",
+    llm.add_argument("--weights", choices=["average", "raw"],
                      help="for a run trained with --ema-decay: its weight average (default) or its last weights")
     a = p.parse_args(argv)
+    env_flags = {"--episodes": a.episodes, "--checkpoint": a.checkpoint, "--seed": a.seed, "--video": a.video or None}
+    llm_flags = {"--prompts": a.prompts, "--prompt-seed": a.prompt_seed, "--weights": a.weights}
     if _is_llm_run(Path(a.run_dir)):
         from rung.llm.evaluate import evaluate_run_folder
 
-        if a.video:
-            raise UserError(f"{a.run_dir} is a language-model run; --video is for env runs")
-        r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed, a.weights)
+        _refuse_flags(env_flags, f"{a.run_dir} is a language-model run", "--prompts, --prompt-seed and --weights")
+        r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed or 0, a.weights or "average")
         print(f"{r['task']}  {r['algo']}  step {r['step']:,} ({r['weights']} weights): held-out accuracy "
               f"{r['accuracy']:.3f}, reward {r['reward_mean']:.3f} over {r['prompts']} prompts (seed {r['prompt_seed']})")
         return 0
+    _refuse_flags(llm_flags, f"{a.run_dir} is an env run", "--episodes, --checkpoint, --seed and --video")
+    a.episodes = 10 if a.episodes is None else a.episodes
+    a.seed = 12345 if a.seed is None else a.seed
     if a.episodes <= 0:
         raise UserError(f"--episodes must be > 0, got {a.episodes}")
-    result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint, a.seed, a.video)
+    if a.seed < 0:
+        raise UserError(f"--seed must be >= 0 (gymnasium's seeds are), got {a.seed}")
+    result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint or "best", a.seed, a.video)
     print(f"{result['env']}  {result['algo']}  checkpoint {result['checkpoint']} (step {result['step']:,}): "
           f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes"
           + (f"; video {result['video']}" if result.get("video") else ""))
     return 0
+
+
+def _refuse_flags(flags: dict[str, Any], what: str, its_flags: str) -> None:
+    given = [name for name, value in flags.items() if value is not None]
+    if given:
+        raise UserError(f"{what}; {', '.join(given)} {'is' if len(given) == 1 else 'are'} for the other kind of run "
+                        f"(its flags: {its_flags})")
 
 
 def cmd_collect(argv: list[str]) -> int:
@@ -276,6 +291,8 @@ def cmd_collect(argv: list[str]) -> int:
         raise UserError(f"--episodes must be > 0, got {a.episodes}")
     if a.num_envs <= 0:
         raise UserError(f"--num-envs must be > 0, got {a.num_envs}")
+    if a.seed < 0:
+        raise UserError(f"--seed must be >= 0 (gymnasium's seeds are), got {a.seed}")
     if demos.file_kind(a.output) == "d4rl":
         demos._h5py()  # fail before recording, not after
     if a.policy == "expert":

@@ -34,6 +34,9 @@ def load_policy(run_dir: Path, which: str = "best") -> tuple[Any, torch.nn.Modul
     if which == "best" and not path.exists():
         path = run_dir / "checkpoints" / "latest.pt"
     ck = checkpoint.load(path)
+    if "env" not in ck.get("config", {}):
+        raise UserError(f"{run_dir} is a language-model run, whose policy acts on text, not in an env; "
+                        "'rung eval' scores it on held-out problems")
     module = algos.get(ck["algo"])
     cfg = from_dict(module.Config, ck["config"])
     normalizer = ck["normalizer"] if "normalizer" in ck else ck["ranks"][0]["env"]["normalizer"]

@@ -266,7 +266,11 @@ def test_rung_eval_scores_a_language_model_run_on_its_own_and_on_other_held_out_
     assert (result.run_dir / "eval_samples" / "eval_seed1_raw.jsonl").read_text().count("\n") == 4
     assert "held-out accuracy" in capsys.readouterr().out
     assert main(["eval", run, "--video"]) == 2
-    assert "--video is for env runs" in capsys.readouterr().err
+    assert "is a language-model run; --video is for the other kind of run" in capsys.readouterr().err
+    assert main(["eval", run, "--episodes", "3", "--seed", "1"]) == 2
+    assert "--episodes, --seed are for the other kind of run" in capsys.readouterr().err
+    assert main(["collect", "--policy", run, "-o", str(tmp_path / "demos.npz")]) == 2
+    assert "is a language-model run, whose policy acts on text" in capsys.readouterr().err
     plain = grpo.train(tiny_cfg(tmp_path / "plain", total_steps=1))
     assert main(["eval", str(plain.run_dir)]) == 0  # no average kept: its weights are the raw ones
     assert json.loads((plain.run_dir / "eval.json").read_text())["weights"] == "raw"

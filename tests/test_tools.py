@@ -57,3 +57,46 @@ def test_plot_rejects_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_curve_png_is_written(runs):
     assert (runs[0] / "curve.png").stat().st_size > 5000
+
+
+def test_eval_and_collect_refuse_flags_that_do_not_apply(runs, tmp_path, capsys):
+    assert main(["eval", str(runs[0]), "--weights", "raw"]) == 2
+    assert "is an env run; --weights is for the other kind of run" in capsys.readouterr().err
+    assert main(["eval", str(runs[0]), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    assert main(["collect", "--env", "CartPole-v1", "--seed", "-3", "-o", str(tmp_path / "d.npz")]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
+
+
+def test_plot_output_path(runs, tmp_path, capsys):
+    assert main(["plot", str(runs[0]), "-o", str(tmp_path / "curves")]) == 2
+    assert "name one ending in .png" in capsys.readouterr().err
+    out = tmp_path / "new" / "dir" / "c.png"
+    assert main(["plot", str(runs[0]), "-o", str(out)]) == 0 and out.stat().st_size > 5000
+
+
+def fake_run(folder, algo, rows):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"algo: {algo}\nseed: 1\n")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_plot_draws_language_model_runs_and_refuses_empty_ones(tmp_path, capsys):
+    run = fake_run(tmp_path / "grpo", "grpo", [{"step": s, "wall": s, "llm/reward_mean": 0.1 * s, "eval/accuracy": 0.05 * s}
+                                              for s in range(1, 6)])
+    assert main(["plot", str(run), "-o", str(tmp_path / "g.png")]) == 0
+    empty = fake_run(tmp_path / "empty", "ppo", [])
+    assert main(["plot", str(empty), "-o", str(tmp_path / "e.png")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "e.png").exists()
+
+
+def test_a_group_plots_one_quantity_for_every_seed():
+    from rung.logging.plots import curve_for
+
+    evaluated = [{"step": 1, "charts/episodic_return": 20.0}, {"step": 2, "eval/mean_return": 50.0}]
+    not_yet = [{"step": 1, "charts/episodic_return": 22.0}]
+    assert curve_for([evaluated, evaluated])[0] == "eval/mean_return"
+    assert curve_for([evaluated, not_yet])[0] == "charts/episodic_return"  # not eval for one and training for the other
+    assert curve_for([[{"step": 1, "eval/accuracy": 0.3}]])[:2] == ("eval/accuracy", "held-out accuracy")
+    assert curve_for([[{"step": 1, "sys/rss_mb": 300.0}]]) is None
