@@ -14,8 +14,14 @@ from rung.errors import UserError
 from rung.logging.logger import read_metrics
 
 TRAIN_KEY, EVAL_KEY = "charts/episodic_return", "eval/mean_return"
-# Fields that differ between seeds of one experiment and so do not split a group.
-NOT_A_SETTING = {"seed", "run_dir"}
+# Fields that differ between seeds of one experiment, or change how a run is carried out but
+# not what it learns, and so do not split a group.
+NOT_A_SETTING = {"seed", "run_dir", "device", "torch_threads", "log_every", "checkpoint_every", "save_buffer"}
+# What `rung plot` draws for a group, the first that every run of the group logs: env runs'
+# evaluations, then their training episodes; language-model runs' held-out accuracy, then their
+# training reward.
+CURVES = ((EVAL_KEY, "episodic return", "env steps"), (TRAIN_KEY, "episodic return", "env steps"),
+          ("eval/accuracy", "held-out accuracy", "optimizer steps"), ("llm/reward_mean", "training reward", "optimizer steps"))
 
 
 def _pyplot():
@@ -95,6 +101,13 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     return groups
 
 
+def curve_for(logs: list[list[dict[str, Any]]]) -> tuple[str, str, str] | None:
+    """(metric key, y label, x label) to draw for a group of runs' metrics: one quantity for the
+    whole group, since a seed without evaluations yet must not average its training returns into
+    the others' evaluation returns. None when no quantity is in every run."""
+    return next((c for c in CURVES if all(any(c[0] in r for r in rows) for rows in logs)), None)
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> Path:
     """Overlay runs: per group, the mean across seeds and a band from the lowest to the highest
     seed, on a common grid (each seed's curve interpolated; the grid stops where the shortest
@@ -103,17 +116,20 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d} is not a directory; pass run folders written by 'rung train'")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"-o {out}: rung plot writes PNG files; name one ending in .png")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn: set[tuple[str, str]] = set()
     for label, members in group_runs(dirs).items():
-        curves = []
-        for d in members:
-            rows = read_metrics(d)
-            key = EVAL_KEY if any(EVAL_KEY in r for r in rows) else TRAIN_KEY
-            curves.append(_series(rows, key, x))
-        curves = [c for c in curves if len(c[0])]
-        if not curves:
+        logs = [read_metrics(d) for d in members]
+        found = curve_for(logs)
+        if found is None:
             continue
+        key, ylabel, xlabel = found
+        curves = [c for c in (_series(rows, key, x) for rows in logs) if len(c[0])]
+        drawn.add((ylabel, xlabel))
         end = min(c[0][-1] for c in curves)
         start = max(c[0][0] for c in curves)
         grid = np.linspace(start, end, 200) if end > start else np.array([end])
@@ -121,12 +137,17 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
         line, = ax.plot(grid, ys.mean(0), label=label)
         if len(curves) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("env steps" if x == "step" else "wall-clock seconds")
-    ax.set_ylabel("episodic return")
+    if not drawn:
+        plt.close(fig)
+        raise UserError(f"nothing to plot: no run in {', '.join(map(str, dirs))} has logged an evaluation, "
+                        "a training episode or a training step yet")
+    ylabels, xlabels = {y for y, _ in drawn}, {x_ for _, x_ in drawn}
+    ax.set_xlabel(("env steps" if len(xlabels) > 1 else xlabels.pop()) if x == "step" else "wall-clock seconds")
+    ax.set_ylabel(" / ".join(sorted(ylabels)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
