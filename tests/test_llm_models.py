@@ -152,3 +152,46 @@ def test_smollm2_answers_a_chat_prompt():
     out = generate(model, tok, [prompt], max_new_tokens=12, temperature=0.0)
     assert out.texts[0].strip()
     assert "Paris" in out.texts[0]
+
+
+def test_smollm2_cache_converts_once_and_again_when_its_source_changes(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from rung.llm import models
+
+    gguf = tmp_path / "wheel" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"v1")
+    conversions = []
+
+    def convert(file):  # tiny-gpt stands in for the minute-long dequantisation
+        conversions.append(file)
+        return models.load_model("tiny-gpt")
+
+    monkeypatch.setattr(models, "_smollm2_gguf", lambda: gguf)
+    monkeypatch.setattr(models, "_from_gguf", convert)
+    cache = tmp_path / "cache"
+    models.load_model("smollm2-135m", cache_dir=cache)
+    models.load_model("smollm2-135m", cache_dir=cache)
+    assert len(conversions) == 1  # the second load reads the cache
+    gguf.write_bytes(b"v2, a new wheel")
+    models.load_model("smollm2-135m", cache_dir=cache)
+    assert len(conversions) == 2
+    folder = cache / "smollm2-135m"
+    (folder / "config.json").unlink()  # left broken by an older rung
+    models.load_model("smollm2-135m", cache_dir=cache)
+    assert len(conversions) == 3 and (folder / "config.json").exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["smollm2-135m"]  # no temporary folders left
+
+
+def test_a_run_records_a_local_source_absolute_and_old_relative_ones_are_found(tmp_path, monkeypatch):
+    from rung.llm.models import _located, local_source
+
+    (tmp_path / "runs" / "llm" / "sft").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert local_source("runs/llm/sft") == str(tmp_path / "runs" / "llm" / "sft")
+    assert local_source("tiny-gpt") == "tiny-gpt" and local_source("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a run written with --model runs/llm/sft, evaluated from elsewhere
+    assert _located("runs/llm/sft", tmp_path / "runs" / "llm" / "grpo") == str(tmp_path / "runs" / "llm" / "sft")
+    assert _located("owner/name", tmp_path / "runs" / "llm" / "grpo") == "owner/name"  # a hub id stays one

@@ -90,9 +90,11 @@ class LLMConfig(BaseConfig):
         if self.temperature == 0:
             raise UserError("--temperature 0 samples greedily, so every response to a prompt is the same and "
                             "there is nothing to learn from; use a value > 0 such as 1.0")
+        from rung.llm.models import local_source
         from rung.llm.tasks import check_task_name
 
         check_task_name(self.task)
+        self.model = local_source(self.model)  # config.yaml then names it from any working directory
         parse_options(self.task_options)
 
 

