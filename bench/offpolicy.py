@@ -3,7 +3,6 @@
     python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 75 min on 2 cores
     python bench/offpolicy.py --seeds 1 --skip-cheetah --precisions bf16-mixed
     python bench/offpolicy.py --device cuda --seeds 1 --steps 3000 --skip-cheetah   # on a GPU (bench/gpu_check.sh)
-    python bench/offpolicy.py --seeds 1 --steps 2000 --skip-cheetah --profile       # where each update's time goes
 
 (a) Pendulum-v1, RL Zoo's SAC settings (rung's pendulum-sac preset): 20k steps, learning rate
     1e-3, buffer 1M, batch 256, tau 0.005, gamma 0.99, 100 random steps, one gradient step per env
@@ -17,12 +16,6 @@
     one gradient step per env step after 100 random ones: env steps per second.
 
 Each framework runs in its own child process with one torch thread.
-
---profile runs each child under torch.profiler and adds, per gradient update, the CPU time of the
-torch operators (self time, the profiler's own overhead included), the part of it in matrix
-products, and the number of operator calls. The whole run is profiled for both frameworks: env
-steps and the final 10-episode evaluation fall into it alike. Its speeds are the profiler's and
-are not comparable with an unprofiled run.
 """
 
 from __future__ import annotations
@@ -86,24 +79,6 @@ def rung_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu",
             "steps": steps, "final_return": result.summary["eval_mean_return"]}
 
 
-MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-
-
-def profiled(fn, *args, **kwargs) -> dict:
-    """fn's result with a "profile" entry: operator self time, its matrix-product part and operator
-    calls, each divided by the run's gradient updates."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        r = fn(*args, **kwargs)
-    ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    n = r["updates"]
-    r["profile"] = {"ms": sum(e.self_cpu_time_total for e in ops) / n / 1e3,
-                    "matmul_ms": sum(e.self_cpu_time_total for e in ops if e.key in MATMULS) / n / 1e3,
-                    "calls": sum(e.count for e in ops) / n}
-    return r
-
-
 def child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if proc.returncode:
@@ -123,7 +98,6 @@ def main() -> None:
     p.add_argument("--cheetah-steps", type=int, default=10_000)
     p.add_argument("--skip-cheetah", action="store_true")
     p.add_argument("--device", default="cpu", help="both frameworks' networks and updates (default cpu)")
-    p.add_argument("--profile", action="store_true", help="profile each run: operator time and calls per update")
     p.add_argument("--child", choices=["sb3", "rung"], help=argparse.SUPPRESS)
     p.add_argument("--env", default="Pendulum-v1", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -136,8 +110,7 @@ def main() -> None:
     if a.child:
         extra = {} if a.child == "sb3" else {"precision": a.precision}
         fn = sb3_sac if a.child == "sb3" else rung_sac
-        call = (lambda *x, **k: profiled(fn, *x, **k)) if a.profile else fn
-        print("RESULT " + json.dumps(call(a.env, a.seed, a.steps, a.lr, a.device, **extra)), flush=True)
+        print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr, a.device, **extra)), flush=True)
         return
     print(f"machine: {platform.processor() or platform.machine()}, 1 torch thread, device {a.device}"
           + (f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else "")
@@ -145,9 +118,8 @@ def main() -> None:
     print(f"(a) SAC on Pendulum-v1, {a.steps:,} steps, seeds {a.seeds}")
     # One label per framework and precision; each runs every seed in turn, so machine noise over
     # the bench's hour falls on all of them alike.
-    common = ["--device", a.device, *(["--profile"] if a.profile else [])]
-    runs = {"sb3": ["--child", "sb3", *common],
-            **{f"rung {pr}": ["--child", "rung", "--precision", pr, *common] for pr in a.precisions}}
+    runs = {"sb3": ["--child", "sb3", "--device", a.device],
+            **{f"rung {pr}": ["--child", "rung", "--precision", pr, "--device", a.device] for pr in a.precisions}}
     rows: dict[str, list[dict]] = {label: [] for label in runs}
     for seed in a.seeds:
         for label, flags in runs.items():
@@ -155,10 +127,6 @@ def main() -> None:
             rows[label].append(r)
             print(f"  {label:>15} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} "
                   f"steps/s  final return {r['final_return']:8.1f}  ({r['wall']:.0f} s)", flush=True)
-            if "profile" in r:
-                pr = r["profile"]
-                print(f"  {'':>15} profiled, per update: {pr['ms']:.2f} ms in operators, {pr['matmul_ms']:.2f} ms of it "
-                      f"in matrix products ({pr['matmul_ms'] / pr['ms']:.0%}), {pr['calls']:.0f} operator calls", flush=True)
     med = {label: {"ups": statistics.median(r["updates"] / r["wall"] for r in rs),
                    "sps": statistics.median(r["steps"] / r["wall"] for r in rs),
                    "ret": statistics.median(r["final_return"] for r in rs)} for label, rs in rows.items()}
