@@ -230,8 +230,7 @@ def _load_smollm2(root: Path) -> tuple[Any, Any]:
     folder = root / "smollm2-135m"
     gguf = _smollm2_gguf()
     stamp = _stamp(gguf)
-    made = folder / STAMP_FILE
-    if not (folder / "config.json").exists() or not made.exists() or json.loads(made.read_text()) != stamp:
+    if not (folder / "config.json").exists() or not _converted_from(folder, stamp):
         # Missing, half-written by an older rung, or converted from another wheel or by another
         # transformers: converted again rather than served stale.
         _convert_smollm2(gguf, folder, stamp)
@@ -260,6 +259,12 @@ def _stamp(gguf: Path) -> dict[str, Any]:
     return {"gguf": str(gguf), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "transformers": transformers.__version__}
 
 
+def _converted_from(folder: Path, stamp: dict[str, Any]) -> bool:
+    """Whether `folder` holds a conversion with this stamp."""
+    made = folder / STAMP_FILE
+    return made.exists() and json.loads(made.read_text()) == stamp
+
+
 def _convert_smollm2(gguf: Path, folder: Path, stamp: dict[str, Any]) -> None:
     """Dequantise the wheel's GGUF file and save it as a transformers folder with its stamp,
     atomically; a folder already there (stale or broken) is replaced."""
@@ -280,8 +285,7 @@ def _convert_smollm2(gguf: Path, folder: Path, stamp: dict[str, Any]) -> None:
             os.rename(folder, old / "x")  # out of the way in one step; removed below
         os.rename(tmp, folder)
     except OSError:
-        made = folder / STAMP_FILE
-        if not made.exists() or json.loads(made.read_text()) != stamp:  # not a concurrent conversion that won the race
+        if not _converted_from(folder, stamp):  # not a concurrent conversion that won the race
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
