@@ -256,15 +256,19 @@ def cmd_eval(argv: list[str]) -> int:
     _refuse_flags(llm_flags, f"{a.run_dir} is an env run", "--episodes, --checkpoint, --seed and --video")
     a.episodes = 10 if a.episodes is None else a.episodes
     a.seed = 12345 if a.seed is None else a.seed
-    if a.episodes <= 0:
-        raise UserError(f"--episodes must be > 0, got {a.episodes}")
-    if a.seed < 0:
-        raise UserError(f"--seed must be >= 0 (gymnasium's seeds are), got {a.seed}")
+    _check_episodes_and_seed(a)
     result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint or "best", a.seed, a.video)
     print(f"{result['env']}  {result['algo']}  checkpoint {result['checkpoint']} (step {result['step']:,}): "
           f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes"
           + (f"; video {result['video']}" if result.get("video") else ""))
     return 0
+
+
+def _check_episodes_and_seed(a: argparse.Namespace) -> None:
+    if a.episodes <= 0:
+        raise UserError(f"--episodes must be > 0, got {a.episodes}")
+    if a.seed < 0:
+        raise UserError(f"--seed must be >= 0 (gymnasium's seeds are), got {a.seed}")
 
 
 def _refuse_flags(flags: dict[str, Any], what: str, its_flags: str) -> None:
@@ -287,12 +291,9 @@ def cmd_collect(argv: list[str]) -> int:
     p.add_argument("--num-envs", type=int, default=1, help="env copies stepped together (default 1)")
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best", help="a run's checkpoint to use (default best)")
     a = p.parse_args(argv)
-    if a.episodes <= 0:
-        raise UserError(f"--episodes must be > 0, got {a.episodes}")
+    _check_episodes_and_seed(a)
     if a.num_envs <= 0:
         raise UserError(f"--num-envs must be > 0, got {a.num_envs}")
-    if a.seed < 0:
-        raise UserError(f"--seed must be >= 0 (gymnasium's seeds are), got {a.seed}")
     if demos.file_kind(a.output) == "d4rl":
         demos._h5py()  # fail before recording, not after
     if a.policy == "expert":
