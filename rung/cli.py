@@ -191,7 +191,7 @@ def cmd_train(argv: list[str]) -> int:
         _reject_unknown(unknown, cls)
     overrides = {k: v for k, v in vars(ns).items() if k not in ("preset", "resume", "force")}
     cfg = dataclasses.replace(base, **overrides)
-    from rung.run import default_run_dir, discard_unstarted, first_missing
+    from rung.run import default_run_dir, discard_unstarted, first_missing, put_back_replaced
 
     # The folder named here rather than inside the run, so that a run refused before its first
     # step (sac on a discrete env, say) can take away what it made.
@@ -203,9 +203,13 @@ def cmd_train(argv: list[str]) -> int:
     except UserError:
         if made_from is not None:
             discard_unstarted(run_dir, made_from)
+        elif known.force and put_back_replaced(run_dir):
+            print(f"the run in {run_dir} was left as it was", file=sys.stderr)
         raise
     except KeyboardInterrupt:
-        if (run_dir / "checkpoints" / "latest.pt").exists():
+        if known.force and put_back_replaced(run_dir):
+            print(f"\ninterrupted before training; the run in {run_dir} was left as it was", file=sys.stderr)
+        elif (run_dir / "checkpoints" / "latest.pt").exists():
             print(f"\ninterrupted; continue with: rung train --resume {run_dir}", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first checkpoint, so there is nothing to resume in {run_dir}; "

@@ -83,8 +83,28 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         if not force:
             what = "another run" if any((run_dir / f).exists() for f in RUN_FILES) else "files"
             raise UserError(f"{run_dir} already holds {what}; pass --resume {run_dir} to continue it, --force to overwrite it, or choose another --run-dir")
-        shutil.rmtree(run_dir)
+        # Set aside, not deleted: a run refused during its set-up (an env it cannot make, a model
+        # that does not load) puts the old one back (put_back_replaced); restore() deletes it.
+        old = replaced_path(run_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        run_dir.rename(old)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def replaced_path(run_dir: Path) -> Path:
+    """Where `--force` keeps the run it replaces until the new one starts training."""
+    return run_dir.with_name(f".{run_dir.name}.replaced")
+
+
+def put_back_replaced(run_dir: Path) -> bool:
+    """Undo `--force` for a run that stopped before training: the old run takes its folder back.
+    Returns whether there was one to put back."""
+    old = replaced_path(run_dir)
+    if not old.is_dir() or (run_dir / "checkpoints" / "latest.pt").exists():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    old.rename(run_dir)
+    return True
 
 
 def first_missing(path: Path) -> Path | None:
@@ -247,6 +267,8 @@ class Run:
         # not training time, and peers' clocks (SB3's learn()) leave it out too.
         self.t0 = time.perf_counter()
         if self.ckpt is None:
+            if self.dist.is_main:  # set-up passed: the run --force replaced goes for good
+                shutil.rmtree(replaced_path(self.run_dir), ignore_errors=True)
             return 0, 0
         ck = self.ckpt
         for name, module in modules.items():

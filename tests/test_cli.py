@@ -81,6 +81,23 @@ def test_existing_run_dir_is_not_overwritten_without_force(capsys, tmp_path):
     assert (d / "config.yaml").read_text() == "algo: ppo\n"
 
 
+def test_force_keeps_the_old_run_until_the_new_one_starts_training(capsys, tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "config.yaml").write_text("algo: ppo\n")
+    (d / "metrics.jsonl").write_text("{}\n")
+    # sac is refused on a discrete env after the folder is claimed: the old run must survive it.
+    code, _, err = run_cli(capsys, "train", "sac", "--env", "CartPole-v1", "--run-dir", str(d), "--force")
+    assert code == 2 and "left as it was" in err
+    assert sorted(p.name for p in d.iterdir()) == ["config.yaml", "metrics.jsonl"]
+    assert (d / "config.yaml").read_text() == "algo: ppo\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    code, _, _ = run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "256", "--eval-every", "0", "--force")
+    assert code == 0 and (d / "checkpoints" / "latest.pt").exists()
+    assert (d / "config.yaml").read_text() != "algo: ppo\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # the set-aside run is gone
+
+
 def test_missing_and_corrupt_checkpoint_on_resume(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
