@@ -384,6 +384,12 @@ class Run:
             return False
         return bool(ddp.broadcast_object(self.eval_state["solved_at_step"] is not None))
 
+    def iterations(self, start: int, stop: int) -> range:
+        """The loop's iterations from `start`: none for a run resumed from the checkpoint its
+        finish() wrote after stopping solved (killed during the final evaluation, say), which
+        would otherwise train once more before noticing."""
+        return range(start, start if start and self.should_stop else stop)
+
     # -- the end -------------------------------------------------------------------------------
 
     def close(self, iteration: int, step: int, modules: dict[str, Any], summary: dict[str, Any], *,

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rung.cli import main
 
@@ -216,3 +217,19 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(caps
     d = tmp_path / "r"
     code, _, err = run_cli(capsys, "train", "ppo", "--run-dir", str(d))
     assert code == 130 and "nothing to resume" in err and "--resume" not in err
+
+
+def test_a_run_that_stopped_solved_resumes_to_its_end_without_training(capsys, tmp_path):
+    import json
+
+    d = tmp_path / "r"
+    # A target every policy meets: solved at the first evaluation, after one 256-step rollout.
+    flags = ["--num-envs", "4", "--num-steps", "64", "--eval-every", "256", "--eval-episodes", "2",
+             "--target-return", "1", "--stop-when-solved", "--total-timesteps", "4096"]
+    assert run_cli(capsys, "train", "ppo", "--run-dir", str(d), *flags)[0] == 0
+    assert json.loads((d / "summary.json").read_text())["total_timesteps"] == 256
+    # finish() checkpointed before its final evaluation; resuming that (a run killed during it)
+    # must only evaluate again.
+    assert run_cli(capsys, "train", "--resume", str(d))[0] == 0
+    assert json.loads((d / "summary.json").read_text())["total_timesteps"] == 256
+    assert torch.load(d / "checkpoints" / "latest.pt", weights_only=False)["step"] == 256

@@ -220,7 +220,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                 "dataset/steps": len(data)})
     n = obs.shape[0]
     completed = start
-    for epoch in range(start, cfg.epochs):
+    for epoch in run.iterations(start, cfg.epochs):
         if early.stopped:  # a run resumed after it stopped early
             break
         t0 = time.perf_counter()

@@ -230,7 +230,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     if start:
         obs = envs.last_obs.to(device)  # restored mid-episode: continue from the last observation
     iteration = start - 1  # so that a run resumed after its last iteration finishes at once
-    for iteration in range(start, num_iterations):
+    for iteration in run.iterations(start, num_iterations):
         frac = 1.0 - iteration / num_iterations
         lr = cfg.learning_rate * frac if cfg.anneal_lr else cfg.learning_rate
         clip = cfg.clip_coef * frac if cfg.anneal_clip else cfg.clip_coef

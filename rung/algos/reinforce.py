@@ -100,7 +100,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     if start:
         obs = envs.last_obs.to(device)
     iteration = start - 1  # so that a run resumed after its last iteration finishes at once
-    for iteration in range(start, num_iterations):
+    for iteration in run.iterations(start, num_iterations):
         lr = cfg.learning_rate * (1.0 - iteration / num_iterations) if cfg.anneal_lr else cfg.learning_rate
         for group in opt.param_groups:
             group["lr"] = lr

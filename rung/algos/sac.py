@@ -156,7 +156,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     tally = EpisodeTally()
     stats: dict[str, torch.Tensor] = {}
     iteration = start - 1
-    for iteration in range(start, num_iterations):
+    for iteration in run.iterations(start, num_iterations):
         if step < cfg.learning_starts:
             actions = random_actions(envs, device)
         else:

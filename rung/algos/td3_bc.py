@@ -132,7 +132,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     stats: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
     iteration = start - 1
-    for iteration in range(start, cfg.total_timesteps):
+    for iteration in run.iterations(start, cfg.total_timesteps):
         # Drawn on the CPU generator, whose state checkpoints carry.
         idx = torch.randint(n, (cfg.batch_size,)).to(device)
         o, a, o_next = dataset.obs[idx], dataset.actions[idx], dataset.next_obs[idx]
