@@ -202,8 +202,8 @@ class EpisodeTally:
 
 
 class Run:
-    """Call order in an algorithm: Run(...) -> restore() -> [log(), maybe_evaluate(),
-    maybe_checkpoint()] per iteration -> finish()."""
+    """Call order in an algorithm: Run(...) -> restore() -> for each of iterations(start, n):
+    [log(), maybe_evaluate(), maybe_checkpoint(), stop if should_stop] -> finish()."""
 
     def __init__(self, algo: str, cfg: BaseConfig, *, resume: bool = False, force: bool = False,
                  multi_process: bool = False):
