@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import sys
 import types
 import typing
@@ -198,16 +199,18 @@ def cmd_train(argv: list[str]) -> int:
     run_dir = Path(cfg.run_dir or default_run_dir(algo_name or "ppo", cfg))
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     made_from = None if resume_cfg is not None else first_missing(run_dir)
+    # Under torchrun only the first process owns the folder (Run prepares it there alone).
+    owns_folder = os.environ.get("RANK", "0") == "0"
     try:
         algo.train(cfg, resume=resume_cfg is not None, force=known.force)
     except UserError:
-        if made_from is not None:
+        if owns_folder and made_from is not None:
             discard_unstarted(run_dir, made_from)
-        elif known.force and put_back_replaced(run_dir):
+        elif owns_folder and known.force and put_back_replaced(run_dir):
             print(f"the run in {run_dir} was left as it was", file=sys.stderr)
         raise
     except KeyboardInterrupt:
-        if known.force and put_back_replaced(run_dir):
+        if owns_folder and known.force and put_back_replaced(run_dir):
             print(f"\ninterrupted before training; the run in {run_dir} was left as it was", file=sys.stderr)
         elif (run_dir / "checkpoints" / "latest.pt").exists():
             print(f"\ninterrupted; continue with: rung train --resume {run_dir}", file=sys.stderr)

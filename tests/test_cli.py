@@ -217,6 +217,10 @@ def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(caps
     d = tmp_path / "r"
     code, _, err = run_cli(capsys, "train", "ppo", "--run-dir", str(d))
     assert code == 130 and "nothing to resume" in err and "--resume" not in err
+    (d / "config.yaml").write_text("algo: ppo\n")  # now stands for a finished run
+    code, _, err = run_cli(capsys, "train", "ppo", "--run-dir", str(d), "--force")
+    assert code == 130 and "left as it was" in err
+    assert (d / "config.yaml").read_text() == "algo: ppo\n" and len(list(tmp_path.iterdir())) == 1
 
 
 def test_a_run_that_stopped_solved_resumes_to_its_end_without_training(capsys, tmp_path):
