@@ -53,6 +53,11 @@ def test_a_step_samples_the_same_responses_whenever_it_runs(tiny):
     assert len({step_seed(1, s, r) for s in range(1, 50) for r in range(4)}) == 49 * 4
     assert len({step_seed(1, s, r, k) for s in range(1, 50) for r in range(4) for k in range(4)}) == 49 * 4 * 4
     assert step_seed(1, 3, 0, 0) == step_seed(1, 3, 0)
+    # Prompts i = 0, 1, ... of a batch take seed + i, so every two seeds must be a batch apart
+    # (ranks of one step once drew the same prompts shifted by one).
+    seeds = sorted(step_seed(1, s, r, k) for s in range(1, 50) for r in range(4) for k in range(4))
+    assert min(b - a for a, b in zip(seeds, seeds[1:])) >= 1_009
+    assert step_seed(1, 3, 0) == (1 * 1_000_003 + 3) * 1_009  # process 0 draws what recorded runs drew
     assert sample_step(model, tokenizer, task, cfg, 3, 0, 4, gen, attempt=1)[1].texts != first[1].texts
     metrics = rollout_metrics(task, first[1], first[2], first[3])
     assert metrics["llm/accuracy"] == pytest.approx(float(first[2].mean()))

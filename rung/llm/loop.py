@@ -159,8 +159,11 @@ def step_seed(seed: int, step: int, rank: int, attempt: int = 0) -> int:
     draws the prompts and samples an uninterrupted one would, and ranks draw different ones.
     `attempt` > 0 numbers the further batches a step draws (GRPO's dynamic sampling); attempt 0
     is the step's own seed."""
-    # The golden-ratio stride scatters a step's attempts far from other steps' and ranks' seeds.
-    return ((seed * 1_000_003 + step) * 1_009 + rank + attempt * 0x9E3779B97F4A7C15) % 2**62
+    # Tasks seed their i-th prompt with seed + i (reasoning-gym), so seeds closer than a batch
+    # share prompts: large odd strides put ranks and attempts far apart. Steps stay 1,009 apart,
+    # which keeps single-process runs' prompts as recorded (per-process batches up to 1,009).
+    return ((seed * 1_000_003 + step) * 1_009 + rank * 0xD1B54A32D192ED03
+            + attempt * 0x9E3779B97F4A7C15) % 2**62
 
 
 def sample_step(model: Any, tokenizer: Any, task: Task, cfg: LLMConfig, step: int, rank: int, num_generations: int,
