@@ -81,6 +81,19 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert summary["steps"] == 4 and summary["task"] == "target_token"
 
 
+def test_bfloat16_full_fine_tuning_resumes_from_its_float32_masters(tmp_path):
+    kw = dict(dtype="bfloat16", learning_rate=1e-5, checkpoint_every=2)
+    full = grpo.train(tiny_cfg(tmp_path / "full", total_steps=4, **kw))
+    cfg = tiny_cfg(tmp_path / "cut", total_steps=2, **kw)
+    grpo.train(cfg)
+    resumed = grpo.train(dataclasses.replace(cfg, total_steps=4), resume=True)
+    a, b = weights(full.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ck = torch.load(full.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    masters = ck["float32_master"]["weights"]
+    assert all(m.dtype == torch.float32 and torch.equal(m.to(torch.bfloat16), ck["model"][n]) for n, m in masters.items())
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--num-generations", "1"], "--num-generations must be >= 2"),
     (["--temperature", "0"], "--temperature 0 samples greedily"),

@@ -61,7 +61,9 @@ class LLMConfig(BaseConfig):
     """Layers LoRA adapts: all-linear (every linear layer but the output head), default (peft's
     choice for the architecture, attention only for most), or comma-separated module names."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights' dtype; log-probs and losses are computed in float32 either way."""
+    """Weights' dtype; log-probs and losses are computed in float32 either way. Trainable weights
+    in bfloat16 are stepped as float32 copies (kept in the checkpoint) and rounded after each step;
+    LoRA adapters stay float32 themselves."""
     eval_every: int = 10
     """Score the held-out prompts every this many steps (0: only before and after training)."""
     eval_prompts: int = 64

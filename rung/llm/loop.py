@@ -69,6 +69,58 @@ class WeightAverage:
             torch._foreach_copy_(self.average, [state["weights"][n] for n in self.names])
 
 
+class Float32Master:
+    """Float32 copies of a model's lower-precision trainable weights (`--dtype bfloat16` without
+    LoRA), which the optimizer steps in their place. An AdamW step at lr 1e-5 is below half a
+    bfloat16 spacing for any weight above about 0.002, so stepping bfloat16 weights themselves
+    left most of them unchanged (norm gains, at 1.0, never moved). The model computes in its own
+    dtype with the masters rounded to it after every step; the masters go into the checkpoint,
+    so a resumed run goes on from the same unrounded weights."""
+
+    def __init__(self, model: torch.nn.Module):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+        self.names = [n for n, _ in named]
+        self.low = [p for _, p in named]
+        self.master = [p.detach().float().clone().requires_grad_(True) for p in self.low]
+
+    def stepped(self, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        """`params` with each low-precision weight replaced by its master: what the optimizer steps."""
+        masters = {id(p): m for p, m in zip(self.low, self.master, strict=True)}
+        return [masters.get(id(p), p) for p in params]
+
+    @torch.no_grad()
+    def take_grads(self) -> None:
+        """Move the weights' gradients to their masters in float32 (the weights' own are cleared,
+        since the loops' zero_grad reaches only what the optimizer holds)."""
+        for p, m in zip(self.low, self.master, strict=True):
+            m.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def put_weights(self) -> None:
+        torch._foreach_copy_(self.low, self.master)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": dict(zip(self.names, self.master, strict=True))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.master, [state["weights"][n] for n in self.names])
+        self.put_weights()
+
+
+def make_optimizer(model: torch.nn.Module, extra: dict[str, torch.nn.Module], cfg: LLMConfig
+                   ) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Float32Master | None]:
+    """AdamW over the model's trainable weights and `extra` modules' (a value head): (the
+    parameters the loss reaches, the optimizer, the float32 masters where weights are in a
+    lower precision, else None)."""
+    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
+    master = Float32Master(model)
+    master = master if master.low else None
+    stepped = master.stepped(params) if master else params
+    return params, torch.optim.AdamW(stepped, lr=cfg.learning_rate, weight_decay=cfg.weight_decay), master
+
+
 # Held-out prompts come from the test split with this seed, the same for every run of a task,
 # so that runs with different seeds and algorithms are scored on the same problems.
 EVAL_SEED = 0
@@ -244,6 +296,7 @@ class Training:
     total_steps: int
     """The run's length for the learning-rate schedule (sft over a dataset counts it from epochs)."""
     average: WeightAverage | None = None
+    master: Float32Master | None = None
 
     def step(self, world: int, step: int) -> float | None:
         """The end of an update once every micro-batch's backward has run: gradients averaged over
@@ -257,8 +310,14 @@ class Training:
             from rung.distributed import ddp
 
             ddp.all_reduce_grads(self.params)
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)) if c.max_grad_norm > 0 else None
+        stepped = self.params
+        if self.master is not None:
+            self.master.take_grads()
+            stepped = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = float(torch.nn.utils.clip_grad_norm_(stepped, c.max_grad_norm)) if c.max_grad_norm > 0 else None
         self.optimizer.step()
+        if self.master is not None:
+            self.master.put_weights()
         if self.average is not None:
             self.average.update()
         return norm
@@ -272,15 +331,16 @@ def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: T
     from rung.run import Counters
 
     extra = extra or {}
-    params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params, optimizer, master = make_optimizer(model, extra, cfg)
     counters = Counters()
     modules = {"model": model, **extra, "optimizer": optimizer, "counters": counters}
+    if master is not None:
+        modules["float32_master"] = master
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if average is not None:
         modules["weight_average"] = average
     training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters, average), cfg,
-                        cfg.total_steps, average)
+                        cfg.total_steps, average, master)
     start, _ = run.restore(modules)
     training.held_out.before()
     return training, start
