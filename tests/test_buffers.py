@@ -114,3 +114,19 @@ def test_a_wrapped_buffer_resumes_only_at_its_own_size():
     larger = ReplayBuffer(8, 1, (3,), (), True, check_memory=False)
     larger.load_state_dict(young.state_dict())
     assert len(larger) == 3
+    exact = ReplayBuffer(3, 1, (3,), (), True, check_memory=False)  # as large as what it held: full
+    exact.load_state_dict(young.state_dict())
+    _fill(exact, 1, start=3)  # overwrites the oldest row rather than writing past the end
+    assert len(exact) == 3 and exact.obs[0, 0, 0] == 30
+
+
+@pytest.mark.parametrize("discrete, action_shape", [(True, ()), (False, (6,))])
+def test_the_memory_stated_is_what_the_buffer_allocates(discrete, action_shape):
+    from rung.buffers import HerReplayBuffer
+
+    buf = ReplayBuffer(100, 2, {"a": (5,), "b": (3,)}, action_shape, discrete, check_memory=False)
+    assert buf.nbytes == sum(t.nbytes for t in (*buf.obs.values(), *buf.next_obs.values(), buf.actions, buf.rewards,
+                                                  buf.terminated))
+    parts = {"observation": slice(0, 2), "achieved_goal": slice(2, 5), "desired_goal": slice(5, 8)}
+    her = HerReplayBuffer(100, 2, parts, 8, action_shape, lambda a, d: a.sum(-1), discrete=discrete, check_memory=False)
+    assert her.nbytes == buf.nbytes + her.ep_start.nbytes + her.ep_len.nbytes

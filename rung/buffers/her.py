@@ -33,6 +33,8 @@ class HerReplayBuffer(ReplayBuffer):
     episode started and, once it has ended, its length. Absolute steps rather than ring rows make
     "has this episode's first row been overwritten" one comparison with the oldest stored step."""
 
+    EXTRA_BYTES_PER_SLOT = 16  # ep_start and ep_len, an int64 each
+
     def __init__(self, capacity: int, num_envs: int, goal_parts: dict[str, slice], obs_dim: int,
                  action_shape: tuple[int, ...], compute_reward: ComputeReward, *,
                  strategy: Literal["future", "final", "episode"] = "future", n_sampled_goal: int = 4,
@@ -54,7 +56,6 @@ class HerReplayBuffer(ReplayBuffer):
         lead = (self.rows, num_envs)
         self.ep_start = torch.zeros(lead, dtype=torch.int64, device=self.device)  # absolute step the slot's episode began
         self.ep_len = torch.zeros(lead, dtype=torch.int64, device=self.device)  # its length; 0 while it runs
-        self.nbytes += self.ep_start.nbytes + self.ep_len.nbytes
         self.steps = 0  # rows written since the start: the absolute step of the next row
         self.cur_start = torch.zeros(num_envs, dtype=torch.int64, device=self.device)  # each env's running episode
         self.last_relabelled: torch.Tensor | None = None  # (B,) bool: which samples of the last batch got a new goal

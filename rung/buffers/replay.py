@@ -70,12 +70,16 @@ def _take(store: Obs, rows: torch.Tensor, cols: torch.Tensor) -> Obs:
     return store[rows, cols]
 
 
-def bytes_needed(capacity: int, num_envs: int, obs_spec: ObsSpec, action_shape: tuple[int, ...]) -> int:
-    """What a buffer of this shape will allocate (float32 observations twice, for obs and next_obs)."""
+def bytes_needed(capacity: int, num_envs: int, obs_spec: ObsSpec, action_shape: tuple[int, ...], discrete: bool,
+                 extra_per_slot: int = 0) -> int:
+    """What a buffer of this shape will allocate: float32 observations twice (obs and next_obs),
+    float32 actions or one int64 for a discrete one, float32 reward and terminated, and
+    `extra_per_slot` bytes of a subclass's own bookkeeping."""
     shapes = obs_spec.values() if isinstance(obs_spec, dict) else [obs_spec]
     obs_floats = sum(int(torch.Size(s).numel()) for s in shapes)
-    per_row = 4 * (2 * obs_floats + max(1, int(torch.Size(action_shape).numel()))) + 4 + 4
-    return capacity * num_envs * per_row
+    action_bytes = 8 if discrete else 4 * int(torch.Size(action_shape).numel())
+    per_slot = 4 * 2 * obs_floats + action_bytes + 4 + 4 + extra_per_slot
+    return capacity * num_envs * per_slot
 
 
 class ReplayBuffer:
@@ -84,13 +88,15 @@ class ReplayBuffer:
     Sampling draws from `generator` only, so a seeded run samples the same minibatches every time
     and a restored buffer (state_dict) continues the same sequence."""
 
+    EXTRA_BYTES_PER_SLOT = 0  # what a subclass stores per transition besides the fields here
+
     def __init__(self, capacity: int, num_envs: int, obs_spec: ObsSpec, action_shape: tuple[int, ...],
                  discrete: bool, *, device: torch.device | str = "cpu", seed: int = 0, check_memory: bool = True):
         if capacity < num_envs:
             raise UserError(f"--buffer-size {capacity} is smaller than --num-envs {num_envs}; raise it")
         self.rows = capacity // num_envs
         self.num_envs, self.discrete, self.device = num_envs, discrete, torch.device(device)
-        self.nbytes = bytes_needed(self.rows, num_envs, obs_spec, action_shape)
+        self.nbytes = bytes_needed(self.rows, num_envs, obs_spec, action_shape, discrete, self.EXTRA_BYTES_PER_SLOT)
         free = available_bytes() if check_memory and self.device.type == "cpu" else None
         if free is not None and self.nbytes > 0.9 * free:
             raise UserError(f"a replay buffer of {capacity:,} transitions needs {self.nbytes / 2**30:.2f} GiB and "
@@ -174,6 +180,8 @@ class ReplayBuffer:
                                     "resume with the same --buffer-size and --num-envs")
                 dst[: src.shape[0]] = src.to(dst.device)
         self.pos, self.full = state["pos"], state["full"]
+        if self.pos == self.rows:  # resumed into a buffer exactly as large as what it held: now full
+            self.pos, self.full = 0, True
         self.generator.set_state(state["generator"])
 
 
