@@ -237,3 +237,12 @@ def test_step_rewards_only_where_steps_are_checkable():
     assert get_task("chain_sum").has_steps and not get_task("arithmetic").has_steps
     with pytest.raises(UserError, match="no step checker"):
         get_task("arithmetic").step_rewards(Example("", "1", {}), "#### 1")
+
+
+def test_task_options_keep_text_that_a_number_would_change():
+    from rung.llm.config import parse_options
+
+    assert parse_options("target=07, max_terms=3, +n=+4, p=0.5, q=1e-3, name=x") == \
+        {"target": "07", "max_terms": 3, "+n": 4, "p": 0.5, "q": 1e-3, "name": "x"}
+    task = get_task("target_token", **parse_options("target=07,prompt=42"))
+    assert task.target == "07" and task.prompts("train", 1, seed=0)[0].prompt == "42"

@@ -101,19 +101,27 @@ class LLMConfig(BaseConfig):
 
 
 def parse_options(text: str) -> dict[str, Any]:
-    """'a=1,b=x' -> {"a": 1, "b": "x"}: numbers where the value reads as one, else strings."""
+    """'a=1,b=x' -> {"a": 1, "b": "x"}: numbers where the value reads as one, else strings; an
+    integer only where it reads back the same, so that a target of 07 stays the text typed."""
     options: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
             raise UserError(f"--task-options expects NAME=VALUE,... such as target=7; got {part!r}")
-        for convert in (int, float, str):
-            try:
-                options[name.strip()] = convert(value.strip())
-                break
-            except ValueError:
-                continue
+        options[name.strip()] = _number_or_text(value.strip())
     return options
+
+
+def _number_or_text(value: str) -> Any:
+    try:
+        number = int(value)
+        return number if str(number) == value.removeprefix("+") else value
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def load_task(cfg: LLMConfig) -> Any:

@@ -259,7 +259,7 @@ class TargetTokenTask:
         target = str(target) if isinstance(target, (int, float)) and not isinstance(target, bool) else target
         if not isinstance(target, str) or not target.strip():
             raise UserError(f"task 'target_token' needs a non-blank target string, got {target!r}")
-        self.target, self.prompt = target.strip(), prompt
+        self.target, self.prompt = target.strip(), str(prompt)
 
     def prompts(self, split: Split, n: int, seed: int) -> list[Example]:
         _check(split, n, seed)
