@@ -46,7 +46,8 @@ def write_raw_npz(path, traj: Trajectories, **override):
     arrays = {k: getattr(traj, k) for k in FIELDS}
     arrays.update(override)
     arrays = {k: v for k, v in arrays.items() if v is not None}
-    arrays["metadata"] = np.array(json.dumps({"format": demos.FORMAT, "version": 1, "env_id": traj.env_id}))
+    if "metadata" not in override:
+        arrays["metadata"] = np.array(json.dumps({"format": demos.FORMAT, "version": 1, "env_id": traj.env_id}))
     np.savez(path, **arrays)
     return path
 
@@ -186,6 +187,12 @@ def test_each_problem_is_one_line_naming_the_file(tmp_path, cartpole):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(UserError, match="not a readable .npz"):
         demos.load(tmp_path / "junk.npz")
+    whole = demos.save(good, tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])  # a copy that stopped half-way
+    with pytest.raises(UserError, match="not a readable .npz"):
+        demos.load(tmp_path / "cut.npz")
+    with pytest.raises(UserError, match="metadata is not JSON"):
+        demos.load(write_raw_npz(tmp_path / "meta.npz", good, metadata=np.array("{not json")))
 
 
 def test_checked_against_the_env(tmp_path, cartpole):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -354,12 +356,17 @@ def _load_npz(path: Path) -> Trajectories:
     try:
         with np.load(path, allow_pickle=False) as f:
             files = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a cut-off or damaged file
         raise UserError(f"{name}: not a readable .npz ({str(e).splitlines()[0][:80]}); write it with rung.buffers.demos.save") from None
     missing = [k for k in (*_STEP_ARRAYS, "episode_ends", "metadata") if k not in files]
     if missing:
         raise UserError(f"{name}: missing array {missing[0]!r}; not a rung trajectory file (write one with 'rung collect')")
-    meta = json.loads(str(files.pop("metadata")))
+    try:
+        meta = json.loads(str(files.pop("metadata")))
+        if not isinstance(meta, dict):
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{name}: its metadata is not JSON; not a rung trajectory file (write one with 'rung collect')") from None
     if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
         raise UserError(f"{name}: is {meta.get('format')} version {meta.get('version')}; this rung reads {FORMAT} "
                         f"up to version {FORMAT_VERSION}, upgrade rung")
