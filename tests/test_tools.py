@@ -100,3 +100,30 @@ def test_a_group_plots_one_quantity_for_every_seed():
     assert curve_for([evaluated, not_yet])[0] == "charts/episodic_return"  # not eval for one and training for the other
     assert curve_for([[{"step": 1, "eval/accuracy": 0.3}]])[:2] == ("eval/accuracy", "held-out accuracy")
     assert curve_for([[{"step": 1, "sys/rss_mb": 300.0}]]) is None
+
+
+def test_plot_labels_name_only_settings_every_run_has(tmp_path, monkeypatch, capsys):
+    from matplotlib.axes import Axes
+
+    from rung.logging.plots import group_runs
+
+    def run(name, config, rows):
+        folder = fake_run(tmp_path / name, "x", rows)
+        (folder / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in config.items()))
+        return folder
+
+    one_eval = [{"step": 512, "wall": 1.0, "eval/mean_return": 30.0}]
+    a = run("ppo", {"algo": "ppo", "env": "CartPole-v1", "seed": 1, "clip_coef": 0.2, "learning_rate": 0.001}, one_eval)
+    b = run("rf", {"algo": "reinforce", "env": "CartPole-v1", "seed": 1, "learning_rate": 0.01}, one_eval)
+    c = run("grpo", {"algo": "grpo", "task": "chain_sum", "seed": 1, "kl_coef": 0.0}, one_eval)
+    labels = sorted(group_runs([a, b, c]))
+    # learning_rate differs but grpo has none: listed only where every run has it.
+    assert labels == ["grpo chain_sum [1 seed]", "ppo CartPole-v1 [1 seed]", "reinforce CartPole-v1 [1 seed]"]
+    assert sorted(group_runs([a, b])) == ["ppo CartPole-v1 (learning_rate=0.001) [1 seed]",
+                                          "reinforce CartPole-v1 (learning_rate=0.01) [1 seed]"]
+    drawn = []
+    real_plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *args, **kw: (drawn.append((len(args[0]), kw.get("marker"))),
+                                                                    real_plot(self, *args, **kw))[1])
+    assert main(["plot", str(a), "-o", str(tmp_path / "one.png")]) == 0
+    assert drawn == [(1, "o")]  # one evaluation is a dot; a line through one point draws nothing

@@ -91,11 +91,14 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     for d, cfg in configs.items():
         keyed[json.dumps({k: v for k, v in cfg.items() if k not in NOT_A_SETTING}, sort_keys=True, default=str)].append(d)
     settings = [json.loads(k) for k in keyed]
-    varying = sorted({k for s in settings for k in s if any(s.get(k) != o.get(k) for o in settings)} - {"algo", "env"})
+    # Only settings every run has: runs of different algorithms would otherwise list every field
+    # one of them lacks, a legend of hundreds of characters.
+    shared = set.intersection(*(set(s) for s in settings)) if settings else set()
+    varying = sorted({k for k in shared if any(s[k] != o[k] for s in settings for o in settings)} - {"algo", "env", "task"})
     groups: dict[str, list[Path]] = {}
     for key, dirs in keyed.items():
         s = json.loads(key)
-        label = f"{s.get('algo', '?')} {s.get('env', '?')}"
+        label = f"{s.get('algo', '?')} {s.get('env') or s.get('task', '?')}"
         extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
         groups[label + (f" ({extra})" if extra else "") + f" [{len(dirs)} seed{'s' * (len(dirs) > 1)}]"] = dirs
     return groups
@@ -134,7 +137,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
         start = max(c[0][0] for c in curves)
         grid = np.linspace(start, end, 200) if end > start else np.array([end])
         ys = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
-        line, = ax.plot(grid, ys.mean(0), label=label)
+        line, = ax.plot(grid, ys.mean(0), marker="o" if len(grid) == 1 else None, label=label)  # one point: a dot
         if len(curves) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
     if not drawn:
