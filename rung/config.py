@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class BaseConfig:
         positive(self, "checkpoint_every", "log_every")
         non_negative(self, "seed", "torch_threads")
         check_choices(self)
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")
 
 

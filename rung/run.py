@@ -215,6 +215,10 @@ class Run:
             torch.set_num_threads(cfg.torch_threads)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {cfg.device} asked for, but torch sees no CUDA device; use --device cpu")
+        index = cfg.device.partition(":")[2]
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {cfg.device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         self.dist = ddp.init(cfg.device)
         if self.dist.world_size > 1 and not multi_process:
             ddp.shutdown()

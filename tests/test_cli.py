@@ -27,6 +27,8 @@ def run_cli(capsys, *argv):
     (["train", "ppo", "--gamma", "1.5"], "--gamma must be in"),
     (["train", "ppo", "--activation", "sigmoid"], "--activation expects one of tanh, relu, elu"),
     (["train", "ppo", "--lerning-rate", "0.1"], "did you mean --learning-rate"),
+    (["train", "ppo", "--device", "cuda:x"], "'cuda:x' is not a device"),
+    (["train", "ppo", "--device", "cudaa"], "'cudaa' is not a device"),
     (["train", "reinforce", "--preset", "cartpole-ppo"], "preset cartpole-ppo is for ppo"),
     (["train", "--resume", "/nonexistent/run"], "holds no run to resume"),
     (["frobnicate"], "unknown command"),
@@ -237,3 +239,10 @@ def test_a_run_that_stopped_solved_resumes_to_its_end_without_training(capsys, t
     assert run_cli(capsys, "train", "--resume", str(d))[0] == 0
     assert json.loads((d / "summary.json").read_text())["total_timesteps"] == 256
     assert torch.load(d / "checkpoints" / "latest.pt", weights_only=False)["step"] == 256
+
+
+def test_a_cuda_device_number_past_the_last_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: stand in for one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, _, err = run_cli(capsys, "train", "ppo", "--device", "cuda:3", "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "torch sees 1 CUDA device(s), cuda:0 to cuda:0" in err
