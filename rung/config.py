@@ -133,6 +133,16 @@ def non_negative(cfg: Any, *names: str) -> None:
             raise UserError(f"--{flag(name)} must be >= 0, got {value}")
 
 
+def learns_from_a_dataset(cfg: Any, algo: str) -> None:
+    """Refuse the env flags of an algorithm that steps its env only to evaluate (with the
+    nominal parameters, uncompiled), rather than record them as if they had been applied."""
+    if cfg.randomize:
+        raise UserError(f"{algo} learns from a dataset and steps its env only to evaluate, with the nominal "
+                        "parameters; drop --randomize")
+    if cfg.compile:
+        raise UserError(f"--compile is not supported by {algo}; leave it off")
+
+
 def widths(cfg: Any, name: str) -> None:
     value = getattr(cfg, name)
     if not value or min(value) <= 0:

@@ -168,6 +168,16 @@ def test_missing_dataset_is_one_line_and_writes_no_run_folder(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("algo, env_id, data_env", [("bc", "batched/CartPole-v1", "CartPole-v1"),
+                                                   ("td3_bc", "batched/Pendulum-v1", "Pendulum-v1")])
+def test_env_flags_that_would_do_nothing_are_refused(tmp_path, datasets, algo, env_id, data_env):
+    module = algos.get(algo)
+    for flags, message in ((dict(randomize="gravity=9:10"), "drop --randomize"), (dict(compile=True), "--compile")):
+        with pytest.raises(UserError, match=message):
+            module.train(module.Config(env=env_id, dataset=str(datasets[data_env]), run_dir=str(tmp_path / "r"), **flags))
+        assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("algo, env_id, data_env, message", [
     ("bc", "Pendulum-v1", "CartPole-v1", "observations have 4 dims but Pendulum-v1 gives"),
     ("bc", "Acrobot-v1", "CartPole-v1", "observations have 4 dims"),

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 
 from rung.buffers.offline import fit_obs_normalizer, load_dataset, normalized_obs
-from rung.config import RunConfig, non_negative, positive, widths
+from rung.config import RunConfig, learns_from_a_dataset, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.algos import sac
@@ -106,6 +106,7 @@ class Config(RunConfig):
         non_negative(self, "patience")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise UserError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        learns_from_a_dataset(self, "bc")
         widths(self, "hidden_sizes")
         if self.for_algo == "sac" and self.loss != "mse":
             raise UserError("--for-algo sac clones with --loss mse (the squashed Gaussian's log-likelihood is infinite "

@@ -34,7 +34,7 @@ import torch
 
 from rung.buffers.offline import fit_obs_normalizer, load_dataset, normalized_obs
 from rung.buffers.replay import Transitions
-from rung.config import RunConfig, in_range, non_negative, positive, widths
+from rung.config import RunConfig, learns_from_a_dataset, in_range, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
@@ -85,6 +85,7 @@ class Config(RunConfig):
                             f"rung collect --env {self.env} --policy expert --episodes 50 -o data.npz)")
         if not Path(self.dataset).exists():
             raise UserError(f"--dataset {self.dataset}: no such file or folder; check the path")
+        learns_from_a_dataset(self, "td3_bc")
         positive(self, "batch_size", "learning_rate", "policy_delay")
         non_negative(self, "alpha", "target_policy_noise", "target_noise_clip")
         in_range(self, "gamma", 0.0, 1.0)
