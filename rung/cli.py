@@ -191,6 +191,11 @@ def cmd_train(argv: list[str]) -> int:
     if unknown:
         _reject_unknown(unknown, cls)
     overrides = {k: v for k, v in vars(ns).items() if k not in ("preset", "resume", "force")}
+    if resume_cfg is not None and overrides.get("seed", base.seed) != base.seed:
+        # The checkpoint's random state goes on as seed base.seed's would; recording another
+        # seed would only group the run with that seed's runs.
+        raise UserError(f"{known.resume} is seed {base.seed} and resumes as it; drop --seed, or start a new run "
+                        f"for seed {overrides['seed']}")
     cfg = dataclasses.replace(base, **overrides)
     from rung.run import default_run_dir, discard_unstarted, first_missing, put_back_replaced
 
@@ -265,8 +270,9 @@ def cmd_eval(argv: list[str]) -> int:
     a.seed = 12345 if a.seed is None else a.seed
     _check_episodes_and_seed(a)
     result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint or "best", a.seed, a.video)
+    success = f", success rate {result['success_rate']:.2f}" if result.get("success_rate") is not None else ""
     print(f"{result['env']}  {result['algo']}  checkpoint {result['checkpoint']} (step {result['step']:,}): "
-          f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes"
+          f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes{success}"
           + (f"; video {result['video']}" if result.get("video") else ""))
     return 0
 

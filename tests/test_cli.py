@@ -246,3 +246,26 @@ def test_a_cuda_device_number_past_the_last_is_one_line(capsys, tmp_path, monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     code, _, err = run_cli(capsys, "train", "ppo", "--device", "cuda:3", "--run-dir", str(tmp_path / "r"))
     assert code == 2 and "torch sees 1 CUDA device(s), cuda:0 to cuda:0" in err
+
+
+def test_resume_keeps_the_runs_seed(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    before = (d / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--seed", "5", "--total-timesteps", "1024")
+    assert code == 2 and "is seed 1 and resumes as it; drop --seed" in err
+    assert (d / "config.yaml").read_text() == before
+    assert run_cli(capsys, "train", "--resume", str(d), "--seed", "1", "--total-timesteps", "1024")[0] == 0
+
+
+def test_eval_prints_the_success_rate_of_goal_envs(capsys, tmp_path, monkeypatch):
+    import rung.evaluation
+
+    d = tmp_path / "fetch"
+    d.mkdir()
+    (d / "config.yaml").write_text("algo: sac\nenv: FetchReach-v4\n")
+    monkeypatch.setattr(rung.evaluation, "evaluate_run", lambda *a: {
+        "env": "FetchReach-v4", "algo": "sac", "checkpoint": "best", "step": 20000, "mean_return": -1.5,
+        "std_return": 0.5, "success_rate": 0.9})
+    code, out, _ = run_cli(capsys, "eval", str(d), "--episodes", "2")
+    assert code == 0 and "over 2 episodes, success rate 0.90" in out
