@@ -34,7 +34,7 @@ import torch
 
 from rung.buffers.offline import fit_obs_normalizer, load_dataset, normalized_obs
 from rung.buffers.replay import Transitions
-from rung.config import RunConfig, learns_from_a_dataset, in_range, non_negative, positive, widths
+from rung.config import RunConfig, in_range, learns_from_a_dataset, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update
