@@ -27,6 +27,7 @@ def run_cli(capsys, *argv):
     (["train", "ppo", "--gamma", "1.5"], "--gamma must be in"),
     (["train", "ppo", "--activation", "sigmoid"], "--activation expects one of tanh, relu, elu"),
     (["train", "ppo", "--lerning-rate", "0.1"], "did you mean --learning-rate"),
+    (["train", "reinforce", "--num-envs", "1", "--num-steps", "1"], "one sample a rollout"),
     (["train", "ppo", "--device", "cuda:x"], "'cuda:x' is not a device"),
     (["train", "ppo", "--device", "cudaa"], "'cudaa' is not a device"),
     (["train", "reinforce", "--preset", "cartpole-ppo"], "preset cartpole-ppo is for ppo"),

@@ -74,6 +74,9 @@ class Config(RunConfig):
         in_range(self, "gamma", 0.0, 1.0)
         if self.value_epochs < 0:
             raise UserError(f"--value-epochs must be >= 0, got {self.value_epochs}")
+        if self.norm_adv and self.batch_size < 2:
+            raise UserError("--num-envs 1 --num-steps 1 collects one sample a rollout, whose advantage has no std to "
+                            "normalise by; collect at least 2 or pass --norm-adv false")
         widths(self, "hidden_sizes")
 
 
