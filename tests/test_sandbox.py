@@ -78,6 +78,8 @@ def test_results(code, stdin, reason, stdout, stderr):
     ("import os; os._exit(0)", True, False),
     ("exit()", True, False),
     ("raise ValueError", False, False),
+    # Code that disarms sys.exit must not turn its own error into a clean finish (a reward of 1).
+    ("import sys; sys.exit = lambda *a: None\nraise RuntimeError('boom')", False, False),
 ])
 def test_finished_tells_running_to_the_end_from_exiting_early(code, ok, finished):
     result = run_code(code)
@@ -188,6 +190,10 @@ def test_unix_socketpair_still_works():
     "import pathlib; pathlib.Path({target!r}).write_text('x')",
     "import shutil; open('mine.txt', 'w').write('x'); shutil.copy('mine.txt', {target!r})",
     "import os; os.chdir('/'); open({target!r}.lstrip('/'), 'w').write('x')",
+    "import os; d = os.open(os.path.dirname({target!r}), os.O_RDONLY); "
+    "os.close(os.open(os.path.basename({target!r}), os.O_WRONLY | os.O_CREAT, dir_fd=d))",
+    "import os; os.mkfifo({target!r})",
+    "import os; os.mknod({target!r})",
 ])
 def test_writing_outside_its_directory_is_refused(code, tmp_path, isolation):
     target = str(tmp_path / "outside.txt")

@@ -19,7 +19,10 @@ What the child gets:
 This is a guard against accidents and careless model code (a stray `rm -rf`, a fork bomb, an
 infinite loop, a 10 GB list, a download), not a security boundary against a determined adversary:
 ctypes, reading any file the user can read, or a C extension can get around it. Run untrusted code
-at scale in a container or VM (gVisor, Firecracker) if that matters.
+at scale in a container or VM (gVisor, Firecracker) if that matters. The same holds for rewards
+built on it: the code runs in the interpreter that reports its result, so code set on gaming the
+check (reading the preamble's frame for the end-of-run marker, say) can; RL on code rewards is
+where a policy finds such a route, so watch the pass rate against what the responses do.
 
 Output is captured up to `_OUTPUT_LIMIT` bytes per stream; the program's lifetime is that of its
 main process (children still running when it exits are killed). `finished` tells code that ran to
@@ -126,10 +129,31 @@ def _hook(event, args):
 def _no_new_session(*args, **kwargs):
     _refuse("leaving the process group")
 
+# The "open" audit event carries no dir_fd, and mkfifo and mknod raise no event at all.
+def _guard_open(real):
+    def open_(path, flags, *args, dir_fd=None, **kwargs):
+        if dir_fd is not None and flags & _WRITE and not _inside(path, dir_fd):
+            _refuse(f"writing {path!r} outside the sandbox directory")
+        return real(path, flags, *args, dir_fd=dir_fd, **kwargs)
+    return open_
+
+def _guard_make(real):
+    def make(path, *args, dir_fd=None, **kwargs):
+        if not _inside(path, dir_fd):
+            _refuse(f"creating {path!r} outside the sandbox directory")
+        return real(path, *args, dir_fd=dir_fd, **kwargs)
+    return make
+
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, 0))
 for _module in (os, posix):
     for _name in ("setsid", "setpgid", "setpgrp"):
         setattr(_module, _name, _no_new_session)
+    _module.open = _guard_open(posix.open)
+    _module.mkfifo = _guard_make(posix.mkfifo)
+    _module.mknod = _guard_make(posix.mknod)
+# Bound before the code runs: code that replaces sys.exit must not turn its own exception into
+# a clean exit that reaches the marker below.
+_die = os._exit
 with open("main.py", encoding="utf-8") as _f:
     _source = _f.read()
 sys.argv = ["main.py"]
@@ -143,7 +167,12 @@ except SystemExit:
     raise
 except BaseException as _e:
     traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
-    sys.exit(1)
+    for _stream in (sys.stdout, sys.stderr):
+        try:
+            _stream.flush()
+        except Exception:
+            pass
+    _die(1)
 try:
     os.write(2, f"\n{_cfg['marker']}\n".encode())
 except OSError:
