@@ -55,23 +55,32 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+def _cleaned(s: str) -> str | None:
+    """`s` with what people wrap numbers in taken off (normalize_number's first half); None for a
+    hedge or several answers."""
+    s = s.strip().strip("*_").strip().replace("\u2212", "-")  # Markdown emphasis: "**42**"
+    if re.search(r"\b(?:or|and)\b", s):
+        return None  # a hedge ("6, or seven") or several answers, not one number
+    s = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", s)
+    s = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"\1/\2", s)
+    # LaTeX text keeps its content: "\text{42}" is the number, "\text{ cm}" a unit dropped below.
+    s = re.sub(r"\\(?:text|mathrm|mbox)\s*\{([^{}]*)\}", r" \1 ", s)
+    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\[,;!]|\\left|\\right|\\", "", s)
+    s = s.replace("{,}", "").replace("$", "").replace(",", "").strip("{}() ")
+    s = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", s)  # "x = 5"
+    s = re.sub(r"\s*(?:%|[A-Za-z][A-Za-z\s.]*)$", "", s).rstrip(". ")  # trailing units, "%", "."
+    return s.strip("{}() ")
+
+
 def normalize_number(s: str) -> float | None:
     """`s` as a number, ignoring what people wrap numbers in; None if it is not one number.
 
     Handles "1,234", "$5", "5 dollars", "12 cm", "25%", "-3", "−3", "0.5", "3/4", "\\frac{3}{4}",
     "\\dfrac34", "x = 5", "$\\$5.00$", "42." (trailing period) and "90^\\circ".
     """
-    s = s.strip().strip("*_").strip().replace("\u2212", "-")  # Markdown emphasis: "**42**"
-    if re.search(r"\b(?:or|and)\b", s):
-        return None  # a hedge ("6, or seven") or several answers, not one number
-    s = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", s)
-    s = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"\1/\2", s)
-    s = re.sub(r"\\(?:text|mathrm|mbox)\s*\{[^{}]*\}", " ", s)  # units written as LaTeX text
-    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\[,;!]|\\left|\\right|\\", "", s)
-    s = s.replace("{,}", "").replace("$", "").replace(",", "").strip("{}() ")
-    s = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", s)  # "x = 5"
-    s = re.sub(r"\s*(?:%|[A-Za-z][A-Za-z\s.]*)$", "", s).rstrip(". ")  # trailing units, "%", "."
-    s = s.strip("{}() ")
+    s = _cleaned(s)
+    if s is None:
+        return None
     fraction = _FRACTION.fullmatch(s)
     try:
         value = float(fraction[1]) / float(fraction[2]) if fraction else float(s)
@@ -91,7 +100,12 @@ def math_reward(completion: str, answer: str) -> float:
     if value is None:
         return 0.0
     if value.is_integer() and gold.is_integer():
-        return 1.0 if value == gold else 0.0  # 1e-6 relative would let 1000001 pass for 1000000
+        # Exactly: 1e-6 relative would let 1000001 pass for 1000000, and floats stop telling
+        # whole numbers apart above 2**53, so written integers are compared as integers.
+        texts = _cleaned(extracted), _cleaned(answer)
+        if all(t is not None and re.fullmatch(r"-?\d+", t) for t in texts):
+            return 1.0 if int(texts[0]) == int(texts[1]) else 0.0
+        return 1.0 if value == gold else 0.0
     return 1.0 if math.isclose(value, gold, rel_tol=1e-6, abs_tol=1e-12) else 0.0
 
 
