@@ -44,6 +44,13 @@ def test_local_folder_round_trip(tiny, tmp_path):
     assert torch.allclose(loaded(input_ids=x).logits, model(input_ids=x).logits)
 
 
+def test_a_folder_without_its_tokenizer_is_refused(tiny, tmp_path):
+    tiny[0].save_pretrained(tmp_path)  # the weights alone
+    with pytest.raises(UserError, match="no usable tokenizer") as e:
+        load_model(str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
 def test_bad_names_are_one_line_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="does not exist") as e:
         load_model(str(tmp_path / "no" / "such" / "model"))

@@ -210,9 +210,15 @@ def _load_pretrained(name: str) -> tuple[Any, Any]:
             f"or a built-in name ({', '.join(BUILTIN)})"
         )
     try:
-        return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load a causal language model from '{name}': {_first_line(e)}") from None
+    # A folder without tokenizer files gives, under transformers 5, an empty tokenizer that turns
+    # every prompt into no tokens at all.
+    if len(tokenizer) <= 1 or not tokenizer("a")["input_ids"]:
+        raise UserError(f"'{name}' holds a model but no usable tokenizer; save the tokenizer beside it "
+                        "(tokenizer.save_pretrained(folder))")
+    return model, tokenizer
 
 
 def _first_line(error: Exception) -> str:
