@@ -94,7 +94,8 @@ def measure_mixed(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                             eval_every=max(a.td3_bc_steps // 10, 1), eval_episodes=10,
                             run_dir=str(out / f"td3_bc_seed{seed}"))
         td3_dir = td3_bc.train(cfg, force=True).run_dir
-        b = float(paired_returns(a.env, demos.policy_from_run(bc_runs[seed])[1], a.eval_episodes).mean())
+        # Both final policies: bc's "best" would be picked by its env evaluations, td3_bc's is its last.
+        b = float(paired_returns(a.env, demos.policy_from_run(bc_runs[seed], "latest")[1], a.eval_episodes).mean())
         t = float(paired_returns(a.env, demos.policy_from_run(td3_dir, "latest")[1], a.eval_episodes).mean())
         rows.append({"seed": seed, "bc": b, "td3_bc": t})
     result = {"what": "mixed", "env": a.env, "expert_episodes": a.demo_episodes, "random_episodes": a.random_episodes,
