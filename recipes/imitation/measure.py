@@ -68,7 +68,8 @@ def measure_clone(a: argparse.Namespace, out: Path) -> dict[str, Any]:
     rand = float(paired_returns(a.env, demos.random_policy(a.env, 0), a.eval_episodes).mean())
     rows = []
     for seed, run_dir in runs.items():
-        r = float(paired_returns(a.env, demos.policy_from_run(run_dir)[1], a.eval_episodes).mean())
+        # The clone as trained (early-stopped on validation loss), not the checkpoint its env evaluations picked.
+        r = float(paired_returns(a.env, demos.policy_from_run(run_dir, "latest")[1], a.eval_episodes).mean())
         rows.append({"seed": seed, "return": r, "ratio": ratio(r, expert), "score": score(r, expert, rand)})
     result = {"what": "clone", "env": a.env, "demo_episodes": a.demo_episodes, "eval_episodes": a.eval_episodes,
               "expert_return": expert, "random_return": rand, "clones": rows,
