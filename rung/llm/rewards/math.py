@@ -78,7 +78,11 @@ def normalize_number(s: str) -> float | None:
     Handles "1,234", "$5", "5 dollars", "12 cm", "25%", "-3", "−3", "0.5", "3/4", "\\frac{3}{4}",
     "\\dfrac34", "x = 5", "$\\$5.00$", "42." (trailing period) and "90^\\circ".
     """
-    s = _cleaned(s)
+    return _parsed(_cleaned(s))
+
+
+def _parsed(s: str | None) -> float | None:
+    """A cleaned string (`_cleaned`) as a number; None if it is not one."""
     if s is None:
         return None
     fraction = _FRACTION.fullmatch(s)
@@ -92,19 +96,20 @@ def normalize_number(s: str) -> float | None:
 def math_reward(completion: str, answer: str) -> float:
     """1.0 if the completion's final answer equals the reference `answer` (exactly where both are
     whole numbers, else within 1e-6 relative), else 0.0."""
-    gold = normalize_number(answer)
+    gold_text = _cleaned(answer)
+    gold = _parsed(gold_text)
     if gold is None:
         raise UserError(f"math_reward needs a numeric reference answer, got {answer!r}")
     extracted = extract_answer(completion)
-    value = normalize_number(extracted) if extracted is not None else None
+    text = _cleaned(extracted) if extracted is not None else None
+    value = _parsed(text)
     if value is None:
         return 0.0
     if value.is_integer() and gold.is_integer():
         # Exactly: 1e-6 relative would let 1000001 pass for 1000000, and floats stop telling
         # whole numbers apart above 2**53, so written integers are compared as integers.
-        texts = _cleaned(extracted), _cleaned(answer)
-        if all(t is not None and re.fullmatch(r"-?\d+", t) for t in texts):
-            return 1.0 if int(texts[0]) == int(texts[1]) else 0.0
+        if re.fullmatch(r"-?\d+", text) and re.fullmatch(r"-?\d+", gold_text):
+            return 1.0 if int(text) == int(gold_text) else 0.0
         return 1.0 if value == gold else 0.0
     return 1.0 if math.isclose(value, gold, rel_tol=1e-6, abs_tol=1e-12) else 0.0
 
