@@ -123,7 +123,11 @@ def test_plot_labels_name_only_settings_every_run_has(tmp_path, monkeypatch, cap
                                           "reinforce CartPole-v1 (learning_rate=0.01) [1 seed]"]
     drawn = []
     real_plot = Axes.plot
-    monkeypatch.setattr(Axes, "plot", lambda self, *args, **kw: (drawn.append((len(args[0]), kw.get("marker"))),
-                                                                    real_plot(self, *args, **kw))[1])
+
+    def recorded_plot(self, x, *args, **kw):
+        drawn.append((len(x), kw.get("marker")))
+        return real_plot(self, x, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", recorded_plot)
     assert main(["plot", str(a), "-o", str(tmp_path / "one.png")]) == 0
     assert drawn == [(1, "o")]  # one evaluation is a dot; a line through one point draws nothing
