@@ -106,6 +106,21 @@ def test_randomise_errors():
         batched.make("CartPol-v1", 2)
 
 
+def test_pendulum_max_torque_above_the_action_bound_is_refused():
+    # Actions are clipped to the action space (+-2) before the per-env cap, so a range past 2
+    # would silently train on torques of at most 2.
+    with pytest.raises(UserError, match="max_torque above 2.0 has no effect"):
+        batched.make("Pendulum-v1", 2, randomize={"max_torque": (1.5, 3.0)})
+    env = batched.make("Pendulum-v1", 2, seed=0, randomize={"max_torque": (1.0, 1.0)}, dtype=torch.float64)
+    env.reset()
+    state = env.state.clone()
+    env.step(torch.full((2, 1), 2.0))
+    after_two = env.state.clone()
+    env.state = state.clone()
+    env.step(torch.full((2, 1), 1.0))
+    assert torch.allclose(env.state, after_two)  # a torque of 2 is capped to the env's 1
+
+
 def test_state_round_trip_continues_identically():
     env = batched.make("Acrobot-v1", 16, seed=3, normalize_obs=True)
     env.reset()

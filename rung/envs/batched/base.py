@@ -29,6 +29,9 @@ class BatchedEnv:
     PARAMS: ClassVar[dict[str, float]]  # physical parameters and their defaults (gymnasium's values)
     action_low: ClassVar[float] = -1.0
     action_high: ClassVar[float] = 1.0
+    # A parameter that caps the action's size (Pendulum's max_torque): actions are clamped to the
+    # action space first, so a value above action_high would be no cap at all.
+    action_cap: ClassVar[str | None] = None
 
     def initial_state(self, n: int) -> torch.Tensor:  # (n, state_dim), drawn from self.generator
         raise NotImplementedError
@@ -50,6 +53,9 @@ class BatchedEnv:
                 raise UserError(f"batched/{cls.name} has no parameter {key!r} to randomise; it has {', '.join(cls.PARAMS)}")
             if not low <= high:
                 raise UserError(f"randomisation range for {key} must be low:high with low <= high, got {low}:{high}")
+            if key == cls.action_cap and high > cls.action_high:
+                raise UserError(f"batched/{cls.name}: {key} above {cls.action_high} has no effect (actions are "
+                                f"clipped to the action space, {cls.action_low}:{cls.action_high}); got {low}:{high}")
 
     def __init__(self, num_envs: int, seed: int = 0, device: torch.device | str = "cpu", *,
                  dtype: torch.dtype = torch.float32, randomize: dict[str, tuple[float, float]] | None = None,

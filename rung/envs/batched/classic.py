@@ -141,6 +141,7 @@ class Pendulum(BatchedEnv):
     PARAMS = {"gravity": 10.0, "mass": 1.0, "length": 1.0, "max_torque": 2.0}
     DT, MAX_SPEED = 0.05, 8.0
     action_low, action_high = -2.0, 2.0
+    action_cap = "max_torque"
 
     def initial_state(self, n):
         return torch.cat([self.uniform(n, -math.pi, math.pi, 1), self.uniform(n, -1.0, 1.0, 1)], -1)
