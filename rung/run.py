@@ -219,6 +219,11 @@ class Run:
         if index and int(index) >= torch.cuda.device_count():
             raise UserError(f"--device {cfg.device}: torch sees {torch.cuda.device_count()} CUDA device(s), "
                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        if index and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Each torchrun process takes the GPU of its LOCAL_RANK; a fixed index would put every
+            # rank on one GPU, which NCCL refuses.
+            raise UserError(f"--device {cfg.device} under torchrun: use --device cuda, and each process "
+                            "takes cuda:LOCAL_RANK")
         self.dist = ddp.init(cfg.device)
         if self.dist.world_size > 1 and not multi_process:
             ddp.shutdown()

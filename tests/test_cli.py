@@ -249,6 +249,15 @@ def test_a_cuda_device_number_past_the_last_is_one_line(capsys, tmp_path, monkey
     assert code == 2 and "torch sees 1 CUDA device(s), cuda:0 to cuda:0" in err
 
 
+def test_a_fixed_cuda_index_under_torchrun_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: stand in for two
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before any process group is joined
+    code, _, err = run_cli(capsys, "train", "ppo", "--device", "cuda:0", "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "use --device cuda, and each process takes cuda:LOCAL_RANK" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_keeps_the_runs_seed(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
