@@ -28,7 +28,7 @@ class BaseConfig:
     seed: int = 1
     """Seeds python, numpy, torch and the environments; a CPU run is reproducible from it."""
     run_dir: str | None = None
-    """Run folder; default runs/<env or task>__<algo>__<seed>__<time>."""
+    """Run folder; default runs/<env, or task-model>__<algo>__<seed>__<time>."""
     torch_threads: int = 1
     """Threads for torch on CPU; small MLPs run fastest on one. 0 keeps torch's default."""
     device: str = "cpu"
