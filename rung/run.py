@@ -206,11 +206,14 @@ class Run:
     [log(), maybe_evaluate(), maybe_checkpoint(), stop if should_stop] -> finish()."""
 
     def __init__(self, algo: str, cfg: BaseConfig, *, resume: bool = False, force: bool = False,
-                 multi_process: bool = False):
+                 multi_process: bool = False, best_by_eval: bool = True):
         """`multi_process`: the algorithm averages its gradients over torchrun's processes; the
-        others are refused under torchrun rather than run as N unsynchronised copies."""
+        others are refused under torchrun rather than run as N unsynchronised copies.
+        `best_by_eval=False`: the algorithm picks its own best weights (bc, on validation loss)
+        and hands them to finish(), which writes them as best.pt; evaluations only measure."""
         cfg.validate()
         self.algo, self.cfg, self.resume = algo, cfg, resume
+        self.best_by_eval = best_by_eval
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -366,16 +369,20 @@ class Run:
         self.logger.log(step, self.wall, metrics)
         if mean > st["best"]:
             st["best"] = mean
-            checkpoint.save_atomic({"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg),
-                                    "step": step, "agent": agent.state_dict(), "eval_mean_return": mean,
-                                    "normalizer": envs.normalizer.state_dict()},
-                                   self.run_dir / "checkpoints" / "best.pt")
+            if self.best_by_eval:
+                self._save_best(agent, envs, step, mean)
         solved = ""
         if self._solved(mean, successes) and st["solved_at_step"] is None:
             st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
             solved = f"  [green]solved[/green] (>= {self._target_text()})"
         rate = f"  success {metrics['eval/success_rate']:.2f}" if successes else ""
         self.logger.info(f"step {step:>9,}  eval return {mean:9.2f} ± {std:7.2f}{rate}  ({self.wall:6.1f} s){solved}")
+
+    def _save_best(self, agent: torch.nn.Module, envs: VecEnv, step: int, mean: float) -> None:
+        checkpoint.save_atomic({"format": checkpoint.FORMAT, "algo": self.algo, "config": to_dict(self.cfg),
+                                "step": step, "agent": agent.state_dict(), "eval_mean_return": mean,
+                                "normalizer": envs.normalizer.state_dict()},
+                               self.run_dir / "checkpoints" / "best.pt")
 
     def _solved(self, mean_return: float, successes: list[float]) -> bool:
         if self.threshold is not None:
@@ -427,6 +434,8 @@ class Run:
             mean = float(np.mean(returns))
             if self._solved(mean, successes) and st["solved_at_step"] is None:
                 st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
+            if not self.best_by_eval:
+                self._save_best(agent, envs, step, mean)
             summary = {
                 "algo": self.algo, "env": self.cfg.env, "seed": self.cfg.seed, "total_timesteps": step,
                 "wall_seconds": round(self.wall, 2), "eval_mean_return": mean, "eval_std_return": float(np.std(returns)),

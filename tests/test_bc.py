@@ -156,6 +156,20 @@ def test_early_stopping_stops_when_validation_loss_turns_and_keeps_the_best(tmp_
     assert all(torch.equal(v, again.agent.state_dict()[k]) for k, v in result.agent.state_dict().items())
 
 
+def test_best_checkpoint_is_the_clone_early_stopping_kept(tmp_path, datasets):
+    # --init-from, collect and policy_from_run load best.pt: it must be the weights bc reports
+    # it kept, not an early epoch that happened to evaluate highest in the env.
+    module, cfg = make("bc-discrete", datasets, tmp_path / "run", epochs=10, patience=0, eval_every=8,
+                       learning_rate=3e-3, seed=2)
+    result = module.train(cfg)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    assert best["step"] == result.summary["total_timesteps"]
+    assert best["eval_mean_return"] == result.summary["eval_mean_return"]
+    assert all(torch.equal(v, best["agent"][k]) for k, v in result.agent.state_dict().items())
+    evals = [r["eval/mean_return"] for r in rows(result.run_dir) if "eval/mean_return" in r]
+    assert len(evals) > 5  # evaluations still ran and were logged
+
+
 def test_missing_dataset_is_one_line_and_writes_no_run_folder(tmp_path):
     for algo in ("bc", "td3_bc"):
         module = algos.get(algo)

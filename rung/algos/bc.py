@@ -184,7 +184,10 @@ class EarlyStopping:
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("bc", cfg, resume=resume, force=force)
+    # best.pt is the clone early stopping keeps (lowest validation loss), not the one the env
+    # evaluations scored highest: --init-from, collect and policy_from_run load best.pt, and
+    # picking a clone by env return would use the reward that imitation does not assume.
+    run = Run("bc", cfg, resume=resume, force=force, best_by_eval=False)
     device = run.device
     # Never stepped for training: it holds the observation statistics and tells Run how to
     # build the evaluation env.
