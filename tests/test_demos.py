@@ -202,6 +202,9 @@ def test_checked_against_the_env(tmp_path, cartpole):
         demos.load(path, env="Pendulum-v1")
     with pytest.raises(UserError, match=r"action 2 at step 0 is outside CartPole-v1's Discrete\(2\)"):
         demos.load(write_raw_npz(tmp_path / "a.npz", cartpole, actions=np.full(len(cartpole), 2)), env="CartPole-v1")
+    column = write_raw_npz(tmp_path / "col.npz", cartpole, actions=cartpole.actions[:, None])
+    with pytest.raises(UserError, match=r"a \(T, 1\) column of whole numbers; .* save actions\[:, 0\] as integers"):
+        demos.load(column, env="CartPole-v1")
     with pytest.raises(UserError, match="actions are discrete but MountainCarContinuous-v0's are continuous"):
         demos.load(write_raw_npz(tmp_path / "b.npz", cartpole, observations=cartpole.observations[:, :2],
                                  next_observations=cartpole.next_observations[:, :2]), env="MountainCarContinuous-v0")

@@ -224,6 +224,10 @@ def check_env(traj: Trajectories, name: str, env: Env) -> None:
         raise UserError(f"{name}: observations have {obs_dim} dims but {env_id} gives {tuple(env.obs_shape)}; "
                         f"use data recorded in {env_id} (this file says {traj.env_id or 'nothing'})")
     if env.discrete != traj.discrete:
+        if env.discrete and act.ndim == 2 and act.shape[1] == 1 and np.array_equal(act, np.round(act)):
+            # Other tools often write discrete actions as a (T, 1) column: name the fix, not the data.
+            raise UserError(f"{name}: actions are a (T, 1) column of whole numbers; {env_id}'s are discrete, "
+                            "stored as one integer per step, shape (T,): save actions[:, 0] as integers")
         kinds = ("discrete", "continuous")
         raise UserError(f"{name}: actions are {kinds[not traj.discrete]} but {env_id}'s are {kinds[not env.discrete]}; "
                         f"use data recorded in {env_id}")
