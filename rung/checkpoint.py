@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rung.errors import UserError
 
@@ -16,11 +18,21 @@ FORMAT = 1
 def save_atomic(obj: Any, path: str | Path) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename over `path` (rename is atomic
     on POSIX), and fsync the folder so the rename itself survives a power cut."""
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`save_atomic` for a text file (config.yaml, summary.json): a kill mid-write leaves the old
+    file, never an empty or half one that would make the run unresumable."""
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def _write_atomic(path: str | Path, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,3 +58,25 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a rung checkpoint of format {FORMAT}; it may come from another rung version")
     return ckpt
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's config.yaml as a dict with `algo`. Where the file is damaged (a hand edit,
+    or a kill mid-write by a rung older than the atomic writes) the config comes from
+    checkpoints/latest.pt, which holds it too, and resuming writes the file again."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no run (no config.yaml); pass a folder written by 'rung train'")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        cfg = None
+    if isinstance(cfg, dict) and "algo" in cfg:
+        return cfg
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        raise UserError(f"{path} is damaged and the run has no checkpoint that holds its config; start the run again")
+    ckpt = load(latest)
+    print(f"rung: {path} is damaged; using the config saved in {latest}", file=sys.stderr)
+    return {"algo": ckpt["algo"], **ckpt["config"]}

@@ -131,8 +131,6 @@ def _peek(argv: list[str], flag: str) -> str | None:
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_train(argv: list[str]) -> int:
-    import yaml
-
     from rung import algos, presets
     from rung.config import from_dict
 
@@ -150,10 +148,12 @@ def cmd_train(argv: list[str]) -> int:
     if known.resume:
         if known.preset:
             raise UserError("--resume continues a run with its own config; drop --preset")
+        from rung.checkpoint import read_run_config
+
         cfg_path = Path(known.resume) / "config.yaml"
         if not cfg_path.exists():
             raise UserError(f"{known.resume} holds no run to resume (no config.yaml); check the path")
-        resume_cfg = yaml.safe_load(cfg_path.read_text())
+        resume_cfg = read_run_config(known.resume)
         saved_algo = resume_cfg.pop("algo")
         if algo_name and algo_name != saved_algo:
             raise UserError(f"{known.resume} is a {saved_algo} run; drop '{algo_name}' or resume another folder")
@@ -196,6 +196,11 @@ def cmd_train(argv: list[str]) -> int:
         # seed would only group the run with that seed's runs.
         raise UserError(f"{known.resume} is seed {base.seed} and resumes as it; drop --seed, or start a new run "
                         f"for seed {overrides['seed']}")
+    if resume_cfg is not None and Path(overrides.get("run_dir") or known.resume).resolve() != Path(known.resume).resolve():
+        # Resuming reads DIR's config and checkpoint; another --run-dir would be written with
+        # DIR's config over whatever run it holds.
+        raise UserError(f"--resume {known.resume} continues the run in that folder; drop --run-dir "
+                        "(to branch a run, copy its folder and resume the copy)")
     cfg = dataclasses.replace(base, **overrides)
     from rung.run import default_run_dir, discard_unstarted, first_missing, put_back_replaced
 
@@ -229,10 +234,9 @@ def cmd_train(argv: list[str]) -> int:
 def _is_llm_run(run_dir: Path) -> bool:
     """Whether the run folder is a language-model run's (its config names a task), read from
     config.yaml rather than from a checkpoint that can weigh gigabytes."""
-    import yaml
+    from rung.checkpoint import read_run_config
 
-    path = run_dir / "config.yaml"
-    return path.is_file() and "task" in (yaml.safe_load(path.read_text()) or {})
+    return (run_dir / "config.yaml").is_file() and "task" in read_run_config(run_dir)
 
 
 def cmd_eval(argv: list[str]) -> int:

@@ -64,9 +64,7 @@ def rss_mb() -> float:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    checkpoint.write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
@@ -262,7 +260,7 @@ class Run:
 
     def _write_config(self, run_dir: Path) -> None:
         config = {"algo": self.algo, **to_dict(self.cfg), "run_dir": str(run_dir)}
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        checkpoint.write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     @property
     def wall(self) -> float:
@@ -284,8 +282,14 @@ class Run:
             return 0, 0
         ck = self.ckpt
         for name, module in modules.items():
+            # An optimizer's state dict carries its hyperparameters too: keep this run's, so that
+            # a --learning-rate given with --resume holds as config.yaml will say it does.
+            hyper = ([{k: v for k, v in g.items() if k != "params"} for g in module.param_groups]
+                     if isinstance(module, torch.optim.Optimizer) else None)
             try:
                 module.load_state_dict(ck[name])
+                for group, kept in zip(module.param_groups if hyper else (), hyper or ()):
+                    group.update(kept)
             except (RuntimeError, ValueError, KeyError) as e:
                 raise UserError(f"the checkpoint's {name} does not fit this run ({mismatch(ck.get('config', {}), self.cfg)}); "
                                 f"resume without the flags that change it") from e

@@ -268,6 +268,44 @@ def test_resume_keeps_the_runs_seed(capsys, tmp_path):
     assert run_cli(capsys, "train", "--resume", str(d), "--seed", "1", "--total-timesteps", "1024")[0] == 0
 
 
+def test_resume_survives_a_damaged_config_yaml(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    good = (d / "config.yaml").read_text()
+    (d / "config.yaml").write_text("algo: ppo\nhidden_sizes: [64")  # cut short by a kill mid-write (older rung)
+    assert run_cli(capsys, "plot", str(d), "-o", str(tmp_path / "p.png"))[0] == 0
+    (d / "config.yaml").write_text("")
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "1024")
+    assert code == 0 and "config.yaml is damaged; using the config saved in" in err
+    assert (d / "config.yaml").read_text() == good.replace("total_timesteps: 512", "total_timesteps: 1024")
+    (d / "config.yaml").write_text("")
+    (d / "checkpoints" / "latest.pt").unlink()
+    code, _, err = run_cli(capsys, "train", "--resume", str(d))
+    assert code == 2 and "is damaged and the run has no checkpoint that holds its config" in err
+
+
+def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--run-dir", str(tmp_path / "other"))
+    assert code == 2 and "drop --run-dir" in err and not (tmp_path / "other").exists()
+    assert run_cli(capsys, "train", "--resume", str(d), "--run-dir", str(d), "--total-timesteps", "1024")[0] == 0
+
+
+@pytest.mark.parametrize("algo, extra", [("dqn", ["--env", "CartPole-v1", "--learning-starts", "64"]),
+                                         ("sac", ["--env", "Pendulum-v1", "--learning-starts", "64"])])
+def test_a_learning_rate_given_on_resume_holds(capsys, tmp_path, algo, extra):
+    # The optimizers' state dicts carry their learning rate: restoring them brought the old one back
+    # while config.yaml recorded the new one.
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", algo, *extra, "--run-dir", str(d), "--total-timesteps", "200", "--eval-every", "0",
+                   "--learning-rate", "2e-3", "--checkpoint-every", "100")[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "300", "--learning-rate", "1e-5")[0] == 0
+    ck = torch.load(d / "checkpoints" / "latest.pt", weights_only=False)
+    optimizers = [ck[name] for name in ("optimizer", "actor_opt", "critic_opt", "alpha_opt") if name in ck]
+    assert optimizers and {g["lr"] for opt in optimizers for g in opt["param_groups"]} == {1e-5}
+
+
 def test_eval_prints_the_success_rate_of_goal_envs(capsys, tmp_path, monkeypatch):
     import rung.evaluation
 

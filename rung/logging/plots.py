@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from rung.checkpoint import read_run_config
 from rung.errors import UserError
 from rung.logging.logger import read_metrics
 
@@ -67,7 +67,7 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: fl
     axes[0].set_ylabel(ylabel)
     if axes[0].get_legend_handles_labels()[0]:  # a run too short to log an episode or an evaluation has none
         axes[0].legend(loc="lower right", fontsize=8)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    cfg = read_run_config(run_dir) if (run_dir / "config.yaml").exists() else {}
     title = f"{cfg.get('algo', '')} on {cfg.get('env') or cfg.get('task', '')}, seed {cfg.get('seed', '?')}   ({run_dir.name})" if cfg else run_dir.name
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -78,10 +78,9 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None, threshold: fl
 
 
 def _load_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not path.exists():
+    if not (run_dir / "config.yaml").exists():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass folders written by 'rung train'")
-    return yaml.safe_load(path.read_text())
+    return read_run_config(run_dir)
 
 
 def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
