@@ -248,7 +248,8 @@ class Run:
         if self.ckpt and self.dist.is_main:
             drop_best_after(run_dir / "checkpoints" / "best.pt", start_step)
         self.threshold = cfg.solved_threshold
-        self.logger = Logger(run_dir, cfg.budget, start_step=start_step, enabled=self.dist.is_main)
+        self.logger = Logger(run_dir, cfg.budget, start_step=start_step, enabled=self.dist.is_main,
+                             rows_at_save=self.ckpt.get("metrics_rows") if self.ckpt else None)
         self.eval_state: dict[str, Any] = {"round": 0, "best": -math.inf, "solved_at_step": None,
                                            "solved_at_seconds": None}
         self.wall_offset = 0.0
@@ -324,6 +325,7 @@ class Run:
                   "step": step, "wall": self.wall, "eval": dict(self.eval_state), "ranks": ranks,
                   "rung_version": rung.__version__}
             ck.update({name: m.state_dict() for name, m in modules.items()})
+            ck["metrics_rows"] = self.logger.rows
             checkpoint.save_atomic(ck, self.run_dir / "checkpoints" / "latest.pt")
 
     def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv | None = None) -> None:
@@ -413,11 +415,13 @@ class Run:
     # -- the end -------------------------------------------------------------------------------
 
     def close(self, iteration: int, step: int, modules: dict[str, Any], summary: dict[str, Any], *,
-              plot: dict[str, str] | None = None) -> TrainResult:
+              plot: dict[str, str] | None = None, saved: bool = False) -> TrainResult:
         """The end of a run without envs (language-model algorithms evaluate on their task, not
-        in an env): the last checkpoint, summary.json with the run-wide fields added to
-        `summary`, curve.png from `plot` (plot_curve's keyword arguments)."""
-        self.save(iteration, step, modules)
+        in an env): the last checkpoint (unless `saved`: written before the final evaluation),
+        summary.json with the run-wide fields added to `summary`, curve.png from `plot`
+        (plot_curve's keyword arguments)."""
+        if not saved:
+            self.save(iteration, step, modules)
         if self.dist.is_main:
             summary = {"algo": self.algo, "seed": self.cfg.seed, "steps": step, "wall_seconds": round(self.wall, 2),
                        **summary, "num_processes": self.dist.world_size, "rung_version": rung.__version__}

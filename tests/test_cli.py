@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rung.cli import main
+from rung.logging.logger import read_metrics
 
 
 def run_cli(capsys, *argv):
@@ -282,6 +283,17 @@ def test_resume_survives_a_damaged_config_yaml(capsys, tmp_path):
     (d / "checkpoints" / "latest.pt").unlink()
     code, _, err = run_cli(capsys, "train", "--resume", str(d))
     assert code == 2 and "is damaged and the run has no checkpoint that holds its config" in err
+
+
+def test_resuming_a_finished_run_logs_its_final_evaluation_once(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    assert run_cli(capsys, "train", "--resume", str(d))[0] == 0
+    finals = [r["step"] for r in read_metrics(d) if "eval/final_mean_return" in r]
+    assert finals == [512]
+    # Extended, the run's log has only the new end's final evaluation, not one mid-curve.
+    assert run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "1024")[0] == 0
+    assert [r["step"] for r in read_metrics(d) if "eval/final_mean_return" in r] == [1024]
 
 
 def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):

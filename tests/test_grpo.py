@@ -79,6 +79,12 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert resumed.summary["eval_accuracy_before"] == full.summary["eval_accuracy_before"]
     summary = json.loads((resumed.run_dir / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["task"] == "target_token"
+    # The cut run's end-of-run evaluation at step 2 came after its last checkpoint: resuming
+    # drops it, so the log reads as the uninterrupted run's, row for row.
+    def shape(run_dir):
+        return [(r["step"], sorted(r)) for r in read_metrics(run_dir)]
+
+    assert shape(resumed.run_dir) == shape(full.run_dir)
 
 
 def test_bfloat16_full_fine_tuning_resumes_from_its_float32_masters(tmp_path):

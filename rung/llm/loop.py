@@ -360,6 +360,9 @@ def finish_training(run: Any, training: Training, step: int, extra_summary: dict
                     train_key: str = "llm/reward_mean", eval_key: str = "eval/reward_mean", ylabel: str = "reward"):
     """The held-out evaluation after training, then the run's end (checkpoint, summary.json with
     accuracy and reward before and after, curve.png of `train_key` and `eval_key`)."""
+    # Saved first: the final evaluation can take minutes, and a kill during it would otherwise
+    # lose every step since the last periodic checkpoint.
+    run.save(step, step, training.modules)
     summary = {**training.held_out.after(step), **(extra_summary or {})}
-    return run.close(step, step, training.modules, summary,
+    return run.close(step, step, training.modules, summary, saved=True,
                      plot={"train_key": train_key, "eval_key": eval_key, "ylabel": ylabel, "step_label": "optimizer steps"})

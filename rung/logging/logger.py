@@ -30,12 +30,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop lines written after a checkpoint at `step`, so a resumed run does not log them twice."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+def truncate_metrics(run_dir: Path, step: int, rows_at_save: int | None = None) -> int:
+    """Drop lines written after a checkpoint at `step`, so a resumed run does not log them twice.
+    `rows_at_save` (the line count the checkpoint recorded) is exact: rows at the checkpoint's own
+    step that came after it (the end-of-run evaluation, logged after the last save) go too. Older
+    checkpoints recorded no count and are cut by step. Returns the rows kept."""
+    rows = read_metrics(run_dir)
+    rows = rows[:rows_at_save] if rows_at_save is not None else [r for r in rows if r["step"] <= step]
     tmp = run_dir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, run_dir / "metrics.jsonl")
+    return len(rows)
 
 
 def _scalar(v: Any) -> float | None:
@@ -47,8 +52,9 @@ def _scalar(v: Any) -> float | None:
 
 class Logger:
     def __init__(self, run_dir: Path, total_steps: int, *, start_step: int = 0, enabled: bool = True,
-                 progress: bool | None = None, tensorboard: bool = True):
+                 progress: bool | None = None, tensorboard: bool = True, rows_at_save: int | None = None):
         self.enabled = enabled
+        self.rows = 0  # lines in metrics.jsonl, which a checkpoint records (truncate_metrics)
         self.console = Console(stderr=False)
         self.run_dir = run_dir
         self._file = None
@@ -57,7 +63,7 @@ class Logger:
         if not enabled:
             return
         if start_step > 0:
-            truncate_metrics(run_dir, start_step)
+            self.rows = truncate_metrics(run_dir, start_step, rows_at_save)
         self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -86,6 +92,7 @@ class Logger:
                 if self._tb is not None:
                     self._tb.add_scalar(k, s, step)
         self._file.write(json.dumps(row) + "\n")
+        self.rows += 1
 
     def progress(self, step: int, ret: float | None = None, sps: float | None = None) -> None:
         if self._bar is None:
