@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import os
 import sys
 import types
@@ -213,7 +214,7 @@ def cmd_train(argv: list[str]) -> int:
     owns_folder = os.environ.get("RANK", "0") == "0"
     try:
         algo.train(cfg, resume=resume_cfg is not None, force=known.force)
-    except UserError:
+    except (UserError, OSError):
         if owns_folder and made_from is not None:
             discard_unstarted(run_dir, made_from)
         elif owns_folder and known.force and put_back_replaced(run_dir):
@@ -387,6 +388,17 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](argv[1:])
     except UserError as e:
         print(f"rung: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path that cannot be written (a file in the way, no permission) or a full disk: the
+        # user's to fix, so one line. Checkpoints are written atomically, so the last one is whole.
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"rung: error: {e.strerror}{f': {e.filename}' if e.filename else ''}; free some space "
+                  "(a run's last checkpoint is whole: continue it with rung train --resume DIR)", file=sys.stderr)
+            return 2
+        if e.filename is None or e.strerror is None:
+            raise
+        print(f"rung: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
 
 

@@ -296,6 +296,28 @@ def test_resuming_a_finished_run_logs_its_final_evaluation_once(capsys, tmp_path
     assert [r["step"] for r in read_metrics(d) if "eval/final_mean_return" in r] == [1024]
 
 
+def test_unwritable_paths_and_a_full_disk_are_one_line(capsys, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("in the way")
+    code, _, err = run_cli(capsys, "train", "--run-dir", str(tmp_path / "file" / "sub"), "--total-timesteps", "256")
+    assert code == 2 and err.count("\n") == 1 and "Not a directory" in err
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "256", "--eval-every", "0")[0] == 0
+    code, _, err = run_cli(capsys, "plot", str(d), "-o", str(tmp_path / "file" / "p.png"))
+    assert code == 2 and err.count("\n") == 1 and "/file" in err
+
+    import errno
+
+    from rung import checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "512")
+    assert code == 2 and err.count("\n") == 1 and "No space left on device; free some space" in err
+    assert checkpoint.load(d / "checkpoints" / "latest.pt")["step"] == 256  # the last checkpoint is whole
+
+
 def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
