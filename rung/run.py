@@ -140,10 +140,30 @@ def evaluation_seed(seed: int, episodes: int, eval_round: int) -> int:
     return 1_000_000 + 10_007 * seed + episodes * eval_round
 
 
+def best_at_checkpoint(best: Path) -> Path:
+    """Where Run.save keeps a hard link to the best.pt of its checkpoint's moment."""
+    return best.with_name(".best_at_checkpoint.pt")
+
+
+def keep_best_at_checkpoint(best: Path) -> None:
+    """Link best.pt as it stands when latest.pt is written. A later best replaces best.pt by
+    rename, so the link keeps the old file at no cost in disk, and drop_best_after can put it
+    back: otherwise a resumed run that does not replay exactly (MuJoCo envs do not pickle; GPU
+    arithmetic) may never beat the restored best value again and end with no best.pt at all."""
+    kept = best_at_checkpoint(best)
+    kept.unlink(missing_ok=True)
+    if best.exists():
+        try:
+            os.link(best, kept)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(best, kept)
+
+
 def drop_best_after(best: Path, step: int) -> None:
     """Remove best.pt if an evaluation after the checkpoint at `step` wrote it: the resumed run
     replays from `step` as if that work never happened (its metrics rows are dropped alike), and
-    its best-so-far value, restored from the checkpoint, would disagree with the file."""
+    its best-so-far value, restored from the checkpoint, would disagree with the file. The best.pt
+    of the checkpoint's moment takes its place."""
     if best.exists():
         try:
             # mmap: only the step is read, not a language model's weights.
@@ -152,6 +172,9 @@ def drop_best_after(best: Path, step: int) -> None:
             later = True  # unreadable: written when the process died
         if later:
             best.unlink()
+    kept = best_at_checkpoint(best)
+    if not best.exists() and kept.exists():
+        kept.rename(best)
 
 
 def mismatch(saved: dict[str, Any], cfg: BaseConfig) -> str:
@@ -327,6 +350,7 @@ class Run:
             ck.update({name: m.state_dict() for name, m in modules.items()})
             ck["metrics_rows"] = self.logger.rows
             checkpoint.save_atomic(ck, self.run_dir / "checkpoints" / "latest.pt")
+            keep_best_at_checkpoint(self.run_dir / "checkpoints" / "best.pt")
 
     def maybe_checkpoint(self, iteration: int, step: int, modules: dict[str, Any], envs: VecEnv | None = None) -> None:
         """`iteration` counts completed iterations; saving happens at iteration boundaries so that

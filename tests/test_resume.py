@@ -94,6 +94,20 @@ def test_best_pt_written_after_the_checkpoint_is_dropped_on_resume(tmp_path):
     assert not best.exists()
 
 
+def test_the_best_of_the_checkpoints_moment_comes_back_when_a_later_one_is_dropped(tmp_path):
+    # A resumed run that does not replay exactly (MuJoCo, GPU) may never beat the restored best
+    # value again: dropping the later best.pt must not leave the run with none.
+    from rung.run import drop_best_after, keep_best_at_checkpoint
+
+    best = tmp_path / "best.pt"
+    checkpoint.save_atomic({"step": 3000, "eval_mean_return": 400.0}, best)
+    keep_best_at_checkpoint(best)  # latest.pt written at step 4000
+    checkpoint.save_atomic({"step": 5000, "eval_mean_return": 500.0}, best)  # a better one after it
+    drop_best_after(best, 4000)
+    assert torch.load(best, weights_only=False)["step"] == 3000
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
 def test_tensorboard_keeps_the_checkpoint_step_after_resume(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
