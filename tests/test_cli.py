@@ -318,6 +318,17 @@ def test_unwritable_paths_and_a_full_disk_are_one_line(capsys, tmp_path, monkeyp
     assert checkpoint.load(d / "checkpoints" / "latest.pt")["step"] == 256  # the last checkpoint is whole
 
 
+def test_an_env_whose_package_is_missing_is_one_line_and_leaves_no_folder(capsys, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is not None:
+        pytest.skip("jax is installed here")
+    code, _, err = run_cli(capsys, "train", "ppo", "--env", "phys2d/CartPole-v1", "--total-timesteps", "512",
+                           "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1 and "needs the package 'jax'" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0

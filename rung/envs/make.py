@@ -74,7 +74,9 @@ def check_env_id(env_id: str) -> None:
     try:
         gym.spec(env_id)
     except gym.error.Error:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        # phys2d/ and tabular/ are gymnasium's JAX envs: rung steps numpy or its own torch envs.
+        known = [k for k in gym.registry if not k.startswith(("phys2d/", "tabular/"))]
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(close)}?" if close else "see gymnasium.registry for the ids"
         raise UserError(f"unknown environment {env_id!r}; {hint}") from None
 
@@ -98,6 +100,10 @@ class GymVecEnv:
         except gym.error.DependencyNotInstalled as e:
             extra = next((v for k, v in EXTRA_FOR_ENV.items() if k in str(e).lower()), "gymnasium[all]")
             raise UserError(f"{env_id} needs a simulator that is not installed; install it with: pip install '{extra}'") from None
+        except ImportError as e:
+            # Envs whose entry point imports a package gymnasium does not wrap (phys2d's jax).
+            raise UserError(f"{env_id} needs the package {e.name or str(e)!r}, which is not installed; "
+                            f"install it (pip install {(e.name or '').split('.')[0] or '...'}) or choose another env") from None
         obs_space, act_space = self.envs.single_observation_space, self.envs.single_action_space
         # Where each part of a goal env's flat observation lies; None for a plain Box env.
         self.goal_parts: dict[str, slice] | None = None
