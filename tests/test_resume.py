@@ -163,3 +163,16 @@ def test_unrestored_envs_renormalise_their_first_observation_with_loaded_statist
     mean, var = a.normalizer.obs_rms.mean, a.normalizer.obs_rms.var
     want = np.clip((raw - mean) / np.sqrt(var + a.normalizer.eps), -10, 10)
     assert torch.allclose(b.last_obs, torch.as_tensor(want, dtype=torch.float32), atol=1e-5)
+
+
+def test_without_a_terminal_progress_is_a_plain_line_now_and_then(tmp_path, monkeypatch, capsys):
+    # nohup, CI, a log file: no bar, yet a long run must say it is alive and how far it got.
+    from rung.logging import logger as logger_module
+
+    log = logger_module.Logger(tmp_path, 1000, progress=False, tensorboard=False)
+    log.progress(100, 5.0, 2000.0)  # within the first interval: nothing
+    monkeypatch.setattr(logger_module, "PLAIN_EVERY_S", 0.0)
+    log.progress(500, 12.5, 2000.0)
+    log.close()
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["step       500 of 1,000 (50%)  return 12.5  2,000.0 steps/s"]

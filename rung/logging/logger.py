@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,16 @@ def _scalar(v: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
+PLAIN_EVERY_S = 30.0
+
+
 class Logger:
     def __init__(self, run_dir: Path, total_steps: int, *, start_step: int = 0, enabled: bool = True,
                  progress: bool | None = None, tensorboard: bool = True, rows_at_save: int | None = None):
         self.enabled = enabled
         self.rows = 0  # lines in metrics.jsonl, which a checkpoint records (truncate_metrics)
-        self.console = Console(stderr=False)
+        # soft_wrap: piped to a file, a long line stays one line (grep finds "run folder ...").
+        self.console = Console(stderr=False, soft_wrap=True)
         self.run_dir = run_dir
         self._file = None
         self._tb = None
@@ -74,6 +79,11 @@ class Logger:
             self._tb = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step > 0 else None)
         if progress is None:
             progress = sys.stdout.isatty()
+        # Without a terminal (nohup, CI, a log file) a bar would print nothing readable: a plain
+        # line every PLAIN_EVERY_S seconds says the run is alive and how far it got.
+        self._plain = not progress
+        self._total, self._last_plain = total_steps, time.monotonic()
+        self.rate_unit = "steps/s"
         if progress:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("return {task.fields[ret]}"), TextColumn("{task.fields[sps]} steps/s"),
@@ -96,6 +106,12 @@ class Logger:
 
     def progress(self, step: int, ret: float | None = None, sps: float | None = None) -> None:
         if self._bar is None:
+            if self.enabled and self._plain and time.monotonic() - self._last_plain >= PLAIN_EVERY_S:
+                self._last_plain = time.monotonic()
+                pct = f" ({100 * step / self._total:.0f}%)" if self._total else ""
+                ret_text = f"  return {ret:.1f}" if ret is not None and not math.isnan(ret) else ""
+                sps_text = f"  {sps:,.1f} {self.rate_unit}" if sps is not None else ""
+                self.info(f"step {step:>9,} of {self._total:,}{pct}{ret_text}{sps_text}")
             return
         fields = {}
         if ret is not None and not math.isnan(ret):
