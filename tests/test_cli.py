@@ -18,6 +18,7 @@ def run_cli(capsys, *argv):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "ppx"], "unknown algorithm 'ppx'"),
+    (["train", "td3", "--env", "Pendulum-v1", "--total-timesteps", "512"], "no gradient step would run"),
     (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
