@@ -91,6 +91,17 @@ def test_plot_draws_language_model_runs_and_refuses_empty_ones(tmp_path, capsys)
     assert "nothing to plot" in capsys.readouterr().err and not (tmp_path / "e.png").exists()
 
 
+def test_plot_names_a_run_it_leaves_out_and_counts_copies_of_a_seed_as_runs(tmp_path, capsys):
+    run = fake_run(tmp_path / "grpo", "grpo", [{"step": s, "wall": s, "llm/reward_mean": 0.1 * s} for s in range(1, 6)])
+    empty = fake_run(tmp_path / "empty", "ppo", [])
+    assert main(["plot", str(run), str(empty), "-o", str(tmp_path / "g.png")]) == 0
+    assert "ppo ? [1 seed]: left out" in capsys.readouterr().err
+    from rung.logging.plots import group_runs
+
+    twice = fake_run(tmp_path / "grpo2", "grpo", [])
+    assert list(group_runs([run, twice])) == ["grpo ? [2 runs]"]  # both seed 1
+
+
 def test_a_group_plots_one_quantity_for_every_seed():
     from rung.logging.plots import curve_for
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
         s = json.loads(key)
         label = f"{s.get('algo', '?')} {s.get('env') or s.get('task', '?')}"
         extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
-        groups[label + (f" ({extra})" if extra else "") + f" [{len(dirs)} seed{'s' * (len(dirs) > 1)}]"] = dirs
+        # Copies of one seed (a folder plotted twice, a rerun) are runs, not seeds.
+        seeds = len({configs[d].get("seed") for d in dirs})
+        unit = "seed" if seeds == len(dirs) else "run"
+        groups[label + (f" ({extra})" if extra else "") + f" [{len(dirs)} {unit}{'s' * (len(dirs) > 1)}]"] = dirs
     return groups
 
 
@@ -128,6 +132,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
         logs = [read_metrics(d) for d in members]
         found = curve_for(logs)
         if found is None:
+            print(f"rung: {label}: left out, nothing that every run of it logged can be drawn "
+                  "(an evaluation, a training episode or a training step)", file=sys.stderr)
             continue
         key, ylabel, xlabel = found
         curves = [c for c in (_series(rows, key, x) for rows in logs) if len(c[0])]
