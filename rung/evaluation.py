@@ -57,6 +57,10 @@ def record_video(cfg: Any, agent: torch.nn.Module, normalizer: dict, path: Path,
     if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
         # No screen: MuJoCo's default (GLFW) cannot open a window; EGL renders offscreen.
         os.environ["MUJOCO_GL"] = "egl"
+    if not os.environ.get("DISPLAY"):
+        # pygame (classic control's renderer) draws to a surface it never shows; without a
+        # display SDL would print an alarming "XDG_RUNTIME_DIR is invalid" line.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     try:
         # A batched env's policy is filmed in its gymnasium twin, whose dynamics it matches.
         env = make_env(cfg.env.removeprefix("batched/"), 1, seed, normalize_obs=env_normalizes_obs(cfg),

@@ -330,6 +330,13 @@ def test_an_env_whose_package_is_missing_is_one_line_and_leaves_no_folder(capsys
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_says_when_best_falls_back_to_latest(capsys, tmp_path):
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
+    code, out, _ = run_cli(capsys, "eval", str(d), "--episodes", "1")
+    assert code == 0 and "no best.pt (the run ran no periodic evaluation): scored latest.pt" in out
+
+
 def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0

@@ -24,6 +24,9 @@ def test_eval_writes_eval_json(runs, capsys):
     result = json.loads((runs[0] / "eval.json").read_text())
     assert result["episodes"] == 3 and len(result["returns"]) == 3
     assert f"{result['mean_return']:.2f}" in out and result["checkpoint"] == "latest"
+    assert "no best.pt" not in out  # asked for latest
+    assert main(["eval", str(runs[0]), "--episodes", "1"]) == 0
+    assert "no best.pt" not in capsys.readouterr().out  # the run evaluated, so best.pt exists
 
 
 def test_eval_video_writes_an_mp4(runs):
