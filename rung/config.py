@@ -49,6 +49,11 @@ class BaseConfig:
         raise NotImplementedError
 
     @property
+    def budget_text(self) -> str:
+        """The budget as the run's first line states it."""
+        return f"{self.budget:,} steps"
+
+    @property
     def solved_threshold(self) -> float | None:
         """The evaluation return that counts as solved, or None for a run judged otherwise
         (language-model runs report their task's accuracy instead)."""

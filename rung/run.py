@@ -280,7 +280,7 @@ class Run:
         self._eval_env: VecEnv | None = None
         self._recent_returns: list[float] = []
         if not resume:
-            self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget:,} steps -> {run_dir}")
+            self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget_text} -> {run_dir}")
 
     def _write_config(self, run_dir: Path) -> None:
         config = {"algo": self.algo, **to_dict(self.cfg), "run_dir": str(run_dir)}

@@ -95,6 +95,10 @@ class Config(RunConfig):
     log_every: int = 1
     """Write a metrics line every this many epochs."""
 
+    @property
+    def budget_text(self) -> str:  # total_timesteps is unused: bc trains for epochs
+        return f"{self.epochs} epochs"
+
     def validate(self) -> None:
         super().validate()
         if not self.dataset:
