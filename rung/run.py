@@ -201,12 +201,22 @@ class Counters(dict):
 
 class EpisodeTally:
     """Episodes that ended since the last log line, for loops that step envs one at a time and
-    log every `log_every` steps (the off-policy algorithms)."""
+    log every `log_every` steps (the off-policy algorithms). In the checkpoint, since a checkpoint
+    can fall between two log lines: a resumed run's next line then counts the same episodes."""
+
+    optional_in_checkpoint = True  # checkpoints written before it was saved resume without it
 
     def __init__(self) -> None:
         self.episodes: list[tuple[float, int]] = []  # (return, length)
         self.successes: list[float] = []  # the env's is_success at episode end, where it reports one
         self.t = time.perf_counter()
+
+    def state_dict(self) -> dict[str, list]:
+        return {"episodes": list(self.episodes), "successes": list(self.successes)}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.episodes[:] = [tuple(e) for e in state["episodes"]]
+        self.successes[:] = state["successes"]
 
     def flush(self, run: "Run", iteration: int, step: int, metrics: dict[str, Any], steps: int) -> None:
         """Log `metrics` (tensors read to floats here, the one host read per log line) with the
@@ -306,6 +316,8 @@ class Run:
             return 0, 0
         ck = self.ckpt
         for name, module in modules.items():
+            if name not in ck and getattr(module, "optional_in_checkpoint", False):
+                continue
             # An optimizer's state dict carries its hyperparameters too: keep this run's, so that
             # a --learning-rate given with --resume holds as config.yaml will say it does.
             hyper = ([{k: v for k, v in g.items() if k != "params"} for g in module.param_groups]

@@ -337,6 +337,19 @@ def test_eval_says_when_best_falls_back_to_latest(capsys, tmp_path):
     assert code == 0 and "no best.pt (the run ran no periodic evaluation): scored latest.pt" in out
 
 
+def test_off_policy_checkpoints_carry_the_episodes_not_yet_logged(capsys, tmp_path):
+    # A checkpoint between two log lines: the resumed run's next line must count those episodes.
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "dqn", "--env", "CartPole-v1", "--run-dir", str(d), "--total-timesteps", "300",
+                   "--learning-starts", "64", "--log-every", "1000", "--eval-every", "0")[0] == 0
+    ck = torch.load(d / "checkpoints" / "latest.pt", weights_only=False)
+    episodes = ck["tally"]["episodes"]
+    assert len(episodes) > 3 and sum(n for _, n in episodes) <= 300
+    del ck["tally"]  # as written before the tally was saved: still resumes
+    torch.save(ck, d / "checkpoints" / "latest.pt")
+    assert run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "400")[0] == 0
+
+
 def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0

@@ -98,10 +98,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     target_every = max(cfg.target_update_interval // cfg.num_envs, 1)
 
     obs = envs.reset().to(device)
+    tally = modules["tally"] = EpisodeTally()
     start, step = run.restore(modules, envs)
     if start:
         obs = envs.last_obs.to(device)
-    tally = EpisodeTally()
     stats: dict[str, torch.Tensor] = {}
     iteration = start - 1
     for iteration in run.iterations(start, num_iterations):

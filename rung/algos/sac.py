@@ -150,10 +150,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     num_iterations = cfg.total_timesteps // cfg.num_envs
 
     obs = envs.reset().to(device)
+    tally = modules["tally"] = EpisodeTally()
     start, step = run.restore(modules, envs)
     if start:
         obs = envs.last_obs.to(device)
-    tally = EpisodeTally()
     stats: dict[str, torch.Tensor] = {}
     iteration = start - 1
     for iteration in run.iterations(start, num_iterations):

@@ -77,10 +77,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     scale, bias = agent.actor.scale, agent.actor.bias
 
     obs = envs.reset().to(device)
+    tally = modules["tally"] = EpisodeTally()
     start, step = run.restore(modules, envs)
     if start:
         obs = envs.last_obs.to(device)
-    tally = EpisodeTally()
     stats: dict[str, torch.Tensor] = {}
     iteration = start - 1
     for iteration in run.iterations(start, num_iterations):
