@@ -276,7 +276,7 @@ def cmd_eval(argv: list[str]) -> int:
     _check_episodes_and_seed(a)
     result = evaluate_run(Path(a.run_dir), a.episodes, a.checkpoint or "best", a.seed, a.video)
     if (a.checkpoint or "best") == "best" and result["checkpoint"] == "latest":
-        print("no best.pt (the run ran no periodic evaluation): scored latest.pt")
+        print("no best.pt in this run (no periodic evaluation has written one): scored latest.pt")
     success = f", success rate {result['success_rate']:.2f}" if result.get("success_rate") is not None else ""
     print(f"{result['env']}  {result['algo']}  checkpoint {result['checkpoint']} (step {result['step']:,}): "
           f"return {result['mean_return']:.2f} ± {result['std_return']:.2f} over {a.episodes} episodes{success}"

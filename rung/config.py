@@ -264,8 +264,11 @@ class OffPolicyConfig(RunConfig):
             raise UserError("--tau 0 would freeze the target networks; use a value in (0, 1]")
         if self.compile:
             raise UserError("--compile is not supported by the off-policy algorithms; leave it off")
-        if not hasattr(self, "dataset") and self.total_timesteps <= self.learning_starts:
-            # Every step would be a random action and no gradient step would run: a "trained"
-            # policy that is its initialisation (PPO refuses a budget under one rollout alike).
-            raise UserError(f"--total-timesteps {self.total_timesteps} is not above --learning-starts "
-                            f"{self.learning_starts}, so no gradient step would run; raise the one or lower the other")
+        last_step = self.total_timesteps // self.num_envs * self.num_envs
+        if not hasattr(self, "dataset") and last_step < max(self.learning_starts, self.batch_size):
+            # Updates start once the step count reaches learning_starts and the buffer holds a
+            # batch: below both, every action would be random and the "trained" policy its
+            # initialisation (PPO refuses a budget under one rollout alike).
+            raise UserError(f"--total-timesteps {self.total_timesteps} never reaches --learning-starts "
+                            f"{self.learning_starts} and --batch-size {self.batch_size}, so no gradient step would "
+                            "run; raise it or lower those")

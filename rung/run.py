@@ -74,7 +74,7 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, force: bool) -> None:
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} holds no run to resume (no config.yaml); check the path")
         # A process killed while saving leaves its temporary file (as large as a checkpoint).
-        for tmp in (run_dir / "checkpoints").glob(".*.tmp*"):
+        for tmp in [*(run_dir / "checkpoints").glob(".*.tmp*"), *run_dir.glob(".*.tmp*")]:
             tmp.unlink(missing_ok=True)
         return
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -293,7 +293,9 @@ class Run:
             self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget_text} -> {run_dir}")
 
     def _write_config(self, run_dir: Path) -> None:
-        config = {"algo": self.algo, **to_dict(self.cfg), "run_dir": str(run_dir)}
+        # run_dir last: read_run_config takes a file without it for one cut short.
+        config = {"algo": self.algo, **{k: v for k, v in to_dict(self.cfg).items() if k != "run_dir"},
+                  "run_dir": str(run_dir)}
         checkpoint.write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     @property

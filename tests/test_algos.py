@@ -22,7 +22,7 @@ CASES = [
     ("ppo", dict(env="batched/CartPole-v1", num_envs=16, num_steps=16, num_minibatches=2, total_timesteps=512,
                  target_kl=0.001, clip_vloss=True)),
     ("ppo", dict(env="batched/Pendulum-v1", num_envs=8, num_steps=32, num_minibatches=2, total_timesteps=512,
-                 normalize_obs=True, normalize_reward=True, randomize="gravity=9:11,max_torque=1.5:2.5")),
+                 normalize_obs=True, normalize_reward=True, randomize="gravity=9:11,max_torque=1.5:2.0")),
     ("reinforce", dict(env="batched/Acrobot-v1", num_envs=16, num_steps=32, total_timesteps=512, normalize_obs=True)),
 ]
 

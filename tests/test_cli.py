@@ -19,6 +19,7 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize("argv, message", [
     (["train", "ppx"], "unknown algorithm 'ppx'"),
     (["train", "td3", "--env", "Pendulum-v1", "--total-timesteps", "512"], "no gradient step would run"),
+    (["train", "sac", "--env", "Pendulum-v1", "--preset", "none", "--total-timesteps", "200"], "--batch-size 256"),
     (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
@@ -277,6 +278,11 @@ def test_resume_survives_a_damaged_config_yaml(capsys, tmp_path):
     (d / "config.yaml").write_text("algo: ppo\nhidden_sizes: [64")  # cut short by a kill mid-write (older rung)
     assert run_cli(capsys, "plot", str(d), "-o", str(tmp_path / "p.png"))[0] == 0
     (d / "config.yaml").write_text("")
+    assert good.rstrip().splitlines()[-1].startswith("run_dir: ")  # what a whole file ends with
+    (d / "config.yaml").write_text("".join(good.splitlines(keepends=True)[:5]))  # cut at a line end: parses
+    from rung.checkpoint import read_run_config
+
+    assert read_run_config(d)["total_timesteps"] == 512 and "is damaged" in capsys.readouterr().err
     code, _, err = run_cli(capsys, "train", "--resume", str(d), "--total-timesteps", "1024")
     assert code == 0 and "config.yaml is damaged; using the config saved in" in err
     assert (d / "config.yaml").read_text() == good.replace("total_timesteps: 512", "total_timesteps: 1024")
@@ -334,7 +340,7 @@ def test_eval_says_when_best_falls_back_to_latest(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
     code, out, _ = run_cli(capsys, "eval", str(d), "--episodes", "1")
-    assert code == 0 and "no best.pt (the run ran no periodic evaluation): scored latest.pt" in out
+    assert code == 0 and "no best.pt in this run (no periodic evaluation has written one): scored latest.pt" in out
 
 
 def test_off_policy_checkpoints_carry_the_episodes_not_yet_logged(capsys, tmp_path):
@@ -358,8 +364,8 @@ def test_resume_into_another_run_dir_is_refused(capsys, tmp_path):
     assert run_cli(capsys, "train", "--resume", str(d), "--run-dir", str(d), "--total-timesteps", "1024")[0] == 0
 
 
-@pytest.mark.parametrize("algo, extra", [("dqn", ["--env", "CartPole-v1", "--learning-starts", "64"]),
-                                         ("sac", ["--env", "Pendulum-v1", "--learning-starts", "64"])])
+@pytest.mark.parametrize("algo, extra", [("dqn", ["--env", "CartPole-v1", "--learning-starts", "64", "--batch-size", "32"]),
+                                         ("sac", ["--env", "Pendulum-v1", "--learning-starts", "64", "--batch-size", "32"])])
 def test_a_learning_rate_given_on_resume_holds(capsys, tmp_path, algo, extra):
     # The optimizers' state dicts carry their learning rate: restoring them brought the old one back
     # while config.yaml recorded the new one.

@@ -179,9 +179,17 @@ def run_pipeline(a: argparse.Namespace) -> dict[str, Any]:
     eval_every = a.eval_every or max(rl_steps // EVALS_PER_RUN, 1)
     decay = a.init_reg_decay_steps if a.init_reg_decay_steps is not None else rl_steps // 4
     common = {"total_timesteps": rl_steps, "eval_every": eval_every, "eval_episodes": a.eval_episodes}
+    preset_cfg = rl.Config(**overrides)
+    first_update = max(getattr(preset_cfg, "learning_starts", 0), getattr(preset_cfg, "batch_size", 0))
+    if hasattr(preset_cfg, "learning_starts") and rl_steps < first_update:
+        # A smoke-test budget (--quick) below the preset's warm-up would train nothing: start
+        # learning half-way instead.
+        common["learning_starts"] = common["batch_size"] = max(rl_steps // 2, 1)
+        print(f"--rl-steps {rl_steps} is below the preset's first update ({first_update}): "
+              f"learning starts at {common['learning_starts']} with batches of {common['batch_size']}", flush=True)
     if target_key == EVAL_KEY:  # a success-rate preset keeps its own settings for the return target
         common["target_return"] = target
-    scratch_cfg = dataclasses.replace(rl.Config(**overrides), **common)
+    scratch_cfg = dataclasses.replace(preset_cfg, **common)
     finetune_cfg = dataclasses.replace(scratch_cfg, normalize_obs=True, init_reg_coef=a.init_reg_coef,
                                        init_reg_decay_steps=decay)
     out.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,10 @@ class Config(RunConfig):
     """Write a metrics line every this many epochs."""
 
     @property
+    def budget(self) -> int:  # gradient steps, unknown until the dataset is read: no total to show
+        return 0
+
+    @property
     def budget_text(self) -> str:  # total_timesteps is unused: bc trains for epochs
         return f"{self.epochs} epochs"
 

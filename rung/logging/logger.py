@@ -88,7 +88,7 @@ class Logger:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("return {task.fields[ret]}"), TextColumn("{task.fields[sps]} steps/s"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-            self._task = self._bar.add_task("train", total=total_steps, completed=start_step, ret="-", sps="-")
+            self._task = self._bar.add_task("train", total=total_steps or None, completed=start_step, ret="-", sps="-")
             self._bar.start()
 
     def log(self, step: int, wall: float, metrics: dict[str, Any]) -> None:
@@ -108,10 +108,10 @@ class Logger:
         if self._bar is None:
             if self.enabled and self._plain and time.monotonic() - self._last_plain >= PLAIN_EVERY_S:
                 self._last_plain = time.monotonic()
-                pct = f" ({100 * step / self._total:.0f}%)" if self._total else ""
+                of = f" of {self._total:,} ({100 * step / self._total:.0f}%)" if self._total else ""
                 ret_text = f"  return {ret:.1f}" if ret is not None and not math.isnan(ret) else ""
                 sps_text = f"  {sps:,.1f} {self.rate_unit}" if sps is not None else ""
-                self.info(f"step {step:>9,} of {self._total:,}{pct}{ret_text}{sps_text}")
+                self.info(f"step {step:>9,}{of}{ret_text}{sps_text}")
             return
         fields = {}
         if ret is not None and not math.isnan(ret):
