@@ -259,16 +259,28 @@ def cmd_eval(argv: list[str]) -> int:
                      "(a task with few distinct problems repeats some)")
     llm.add_argument("--weights", choices=["average", "raw"],
                      help="for a run trained with --ema-decay: its weight average (default) or its last weights")
+    llm.add_argument("--samples", type=int,
+                     help="also sample this many responses a problem and report pass@k and the sampled accuracy "
+                     "(what RL can draw on; default 0: greedy only)")
+    llm.add_argument("--temperature", type=float, help="sampling temperature for --samples (default 0.8)")
     a = p.parse_args(argv)
     env_flags = {"--episodes": a.episodes, "--checkpoint": a.checkpoint, "--seed": a.seed, "--video": a.video or None}
-    llm_flags = {"--prompts": a.prompts, "--prompt-seed": a.prompt_seed, "--weights": a.weights}
+    llm_flags = {"--prompts": a.prompts, "--prompt-seed": a.prompt_seed, "--weights": a.weights,
+                 "--samples": a.samples, "--temperature": a.temperature}
     if _is_llm_run(Path(a.run_dir)):
         from rung.llm.evaluate import evaluate_run_folder
 
-        _refuse_flags(env_flags, f"{a.run_dir} is a language-model run", "--prompts, --prompt-seed and --weights")
-        r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed or 0, a.weights or "average")
+        _refuse_flags(env_flags, f"{a.run_dir} is a language-model run",
+                      "--prompts, --prompt-seed, --weights, --samples and --temperature")
+        if a.temperature is not None and not a.samples:
+            raise UserError("--temperature is for --samples K (greedy answers have none); add --samples")
+        r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed or 0, a.weights or "average",
+                                a.samples or 0, 0.8 if a.temperature is None else a.temperature)
+        sampled = (f"; {r['samples']} samples a problem at temperature {r['temperature']:g}: pass@{r['samples']} "
+                   f"{r['pass_at_k']:.3f}, sampled accuracy {r['sample_accuracy']:.3f}" if a.samples else "")
         print(f"{r['task']}  {r['algo']}  step {r['step']:,} ({r['weights']} weights): held-out accuracy "
-              f"{r['accuracy']:.3f}, reward {r['reward_mean']:.3f} over {r['prompts']} prompts (seed {r['prompt_seed']})")
+              f"{r['accuracy']:.3f}, reward {r['reward_mean']:.3f} over {r['prompts']} prompts (seed {r['prompt_seed']})"
+              + sampled)
         return 0
     _refuse_flags(llm_flags, f"{a.run_dir} is an env run", "--episodes, --checkpoint, --seed and --video")
     a.episodes = 10 if a.episodes is None else a.episodes

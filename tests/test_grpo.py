@@ -308,3 +308,41 @@ def test_rung_evals_prompt_seeds_draw_other_problems():
     assert not own & {e.prompt for e in task.prompts("test", 32, PROMPT_SEED_STRIDE)}
     # What the stride avoids: reasoning-gym's seed s + 1 gives seed s's problems shifted by one.
     assert len(own & {e.prompt for e in task.prompts("test", 32, 1)}) >= 30
+
+
+def test_sampled_accuracy_and_pass_at_k_by_hand(monkeypatch):
+    import types
+
+    from rung.llm import evaluate, generation
+    from rung.llm.tasks import TargetTokenTask
+
+    # 3 problems x 4 samples: 2 right, 0 right, 4 right -> pass@4 2/3, sampled accuracy 6/12.
+    texts = ["7", "x", "7 and", "no", "a", "b", "c", "d", "7", " 7", "7", "7."]
+    seen = []
+
+    def fake_grouped(model, tokenizer, prompts, k, **kw):
+        seen.append((len(prompts), k, kw["temperature"], kw["seed"]))
+        return types.SimpleNamespace(texts=texts[:len(prompts) * k])
+
+    monkeypatch.setattr(generation, "generate_grouped", fake_grouped)
+    task = TargetTokenTask("7")
+    model = torch.nn.Linear(1, 1)
+    out = evaluate.sampled_accuracy(model, None, task, task.prompts("test", 3, 0), samples=4, temperature=0.7,
+                                    max_new_tokens=4, chat_template=False, seed=5)
+    assert out == {"pass_at_k": pytest.approx(2 / 3), "sample_accuracy": 0.5}
+    assert seen == [(3, 4, 0.7, 5)]
+
+
+def test_rung_eval_samples_at_temperature_zero_agree_with_greedy(tmp_path, capsys):
+    result = grpo.train(tiny_cfg(tmp_path / "run", total_steps=1, task_options="target=t"))
+    run = str(result.run_dir)
+    assert main(["eval", run, "--samples", "3", "--temperature", "0"]) == 0
+    r = json.loads((result.run_dir / "eval.json").read_text())
+    assert r["accuracy"] > 0.5  # the greedy answer hits: a sampled one at temperature 1 mostly does not
+    assert r["samples"] == 3 and r["pass_at_k"] == r["sample_accuracy"] == r["accuracy"]
+    assert "pass@3" in capsys.readouterr().out
+    assert main(["eval", run, "--samples", "6", "--temperature", "1.0"]) == 0
+    hot = json.loads((result.run_dir / "eval.json").read_text())
+    assert hot["sample_accuracy"] < hot["accuracy"] and hot["sample_accuracy"] <= hot["pass_at_k"]
+    assert main(["eval", run, "--temperature", "1.0"]) == 2
+    assert "--temperature is for --samples K" in capsys.readouterr().err

@@ -62,17 +62,42 @@ def evaluate_task(model: Any, tokenizer: Any, task: Task, examples: list[Example
             "response_length": float(torch.cat(lengths).mean())}
 
 
+def sampled_accuracy(model: Any, tokenizer: Any, task: Task, examples: list[Example], *, samples: int,
+                     temperature: float, max_new_tokens: int, chat_template: bool, seed: int = 0,
+                     prompts_per_batch: int = 8) -> dict[str, float]:
+    """`samples` responses to each example at `temperature`: {"pass_at_k": the share of examples
+    with at least one right response, "sample_accuracy": the share of right responses}. What RL
+    can draw on: GRPO mostly turns answers a model can sample into its greedy ones, so pass@k
+    before training bounds much of what it gains. Batch b is seeded with seed + b (reproducible)."""
+    from rung.llm.generation import generate_grouped
+
+    was_training = model.training
+    model.eval()
+    right: list[int] = []
+    for b, i in enumerate(range(0, len(examples), prompts_per_batch)):
+        chunk = examples[i:i + prompts_per_batch]
+        rollout = generate_grouped(model, tokenizer, prompt_texts(tokenizer, chunk, chat_template), samples,
+                                   max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + b)
+        scored = score_each(task, [e for e in chunk for _ in range(samples)], rollout.texts)
+        right += [sum(v >= task.max_reward - 1e-9 for v, _ in scored[j * samples:(j + 1) * samples])
+                  for j in range(len(chunk))]
+    model.train(was_training)
+    return {"pass_at_k": sum(r > 0 for r in right) / len(right), "sample_accuracy": sum(right) / (len(right) * samples)}
+
+
 PROMPT_SEED_STRIDE = 1_000_003
 
 
 def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: int = 0,
-                        weights: str = "average") -> dict[str, Any]:
+                        weights: str = "average", sample_count: int = 0, temperature: float = 0.8) -> dict[str, Any]:
     """`rung eval` for a language-model run: the greedy accuracy and mean reward of the policy the
     run trained (its weight average where it kept one, unless `weights` is "raw") on `prompts`
     test-split problems of its task (default: as many as the run evaluated on) drawn with
     `prompt_seed`. Seed 0 gives the run's own held-out problems; any other seed other problems of
     the same split, a check that a gain is not peculiar to the problems a run was tuned on.
-    Writes eval.json and the responses to eval_samples/eval_seed<S>_<weights>.jsonl."""
+    With `sample_count` > 0 it also draws that many responses a problem at `temperature` and adds
+    pass@k and the sampled accuracy (`sampled_accuracy`).
+    Writes eval.json and the greedy responses to eval_samples/eval_seed<S>_<weights>.jsonl."""
     import json
     from pathlib import Path
 
@@ -89,6 +114,8 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
     n = cfg.eval_prompts if prompts is None else prompts
     if n <= 0 or prompt_seed < 0:
         raise UserError(f"--prompts must be > 0 and --prompt-seed >= 0, got {n} and {prompt_seed}")
+    if sample_count < 0 or temperature < 0:
+        raise UserError(f"--samples and --temperature must be >= 0, got {sample_count} and {temperature}")
     if weights == "raw" and "weight_average" not in ckpt:
         raise UserError(f"{run_dir} kept no weight average (trained without --ema-decay); its weights are the raw "
                         "ones, drop --weights raw")
@@ -100,6 +127,11 @@ def evaluate_run_folder(run_dir: Any, prompts: int | None = None, prompt_seed: i
     samples: list[dict] = []
     result = evaluate_task(model, tokenizer, task, examples, samples=samples, max_new_tokens=cfg.max_new_tokens,
                            chat_template=cfg.chat_template)
+    if sample_count:
+        result.update(sampled_accuracy(model, tokenizer, task, examples, samples=sample_count, temperature=temperature,
+                                       max_new_tokens=cfg.max_new_tokens, chat_template=cfg.chat_template,
+                                       seed=prompt_seed * PROMPT_SEED_STRIDE),
+                      samples=sample_count, temperature=temperature)
     scored = weights if "weight_average" in ckpt else "raw"
     folder = run_dir / "eval_samples"
     folder.mkdir(exist_ok=True)
