@@ -289,8 +289,8 @@ class Run:
         self.t0 = time.perf_counter()
         self._eval_env: VecEnv | None = None
         self._recent_returns: list[float] = []
-        if not resume:
-            self.logger.info(f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget_text} -> {run_dir}")
+        # Said once set-up has passed (restore), so a run refused during it never seems to start.
+        self._header = None if resume else f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget_text} -> {run_dir}"
 
     def _write_config(self, run_dir: Path) -> None:
         # run_dir last: read_run_config takes a file without it for one cut short.
@@ -313,6 +313,8 @@ class Run:
         # not training time, and peers' clocks (SB3's learn()) leave it out too.
         self.t0 = time.perf_counter()
         if self.ckpt is None:
+            if self._header:
+                self.logger.info(self._header)
             if self.dist.is_main:  # set-up passed: the run --force replaced goes for good
                 shutil.rmtree(replaced_path(self.run_dir), ignore_errors=True)
             return 0, 0
