@@ -454,14 +454,11 @@ class Run:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def close(self, iteration: int, step: int, modules: dict[str, Any], summary: dict[str, Any], *,
-              plot: dict[str, str] | None = None, saved: bool = False) -> TrainResult:
+    def close(self, step: int, summary: dict[str, Any], *, plot: dict[str, str] | None = None) -> TrainResult:
         """The end of a run without envs (language-model algorithms evaluate on their task, not
-        in an env): the last checkpoint (unless `saved`: written before the final evaluation),
+        in an env), after the caller's last save(), which comes before its final evaluation:
         summary.json with the run-wide fields added to `summary`, curve.png from `plot`
         (plot_curve's keyword arguments)."""
-        if not saved:
-            self.save(iteration, step, modules)
         if self.dist.is_main:
             summary = {"algo": self.algo, "seed": self.cfg.seed, "steps": step, "wall_seconds": round(self.wall, 2),
                        **summary, "num_processes": self.dist.world_size, "rung_version": rung.__version__}

@@ -365,5 +365,5 @@ def finish_training(run: Any, training: Training, step: int, extra_summary: dict
     # lose every step since the last periodic checkpoint.
     run.save(step, step, training.modules)
     summary = {**training.held_out.after(step), **(extra_summary or {})}
-    return run.close(step, step, training.modules, summary, saved=True,
+    return run.close(step, summary,
                      plot={"train_key": train_key, "eval_key": eval_key, "ylabel": ylabel, "step_label": "optimizer steps"})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from rung.checkpoint import write_text_atomic
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -38,9 +39,7 @@ def truncate_metrics(run_dir: Path, step: int, rows_at_save: int | None = None) 
     checkpoints recorded no count and are cut by step. Returns the rows kept."""
     rows = read_metrics(run_dir)
     rows = rows[:rows_at_save] if rows_at_save is not None else [r for r in rows if r["step"] <= step]
-    tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return len(rows)
 
 
