@@ -176,3 +176,28 @@ def test_without_a_terminal_progress_is_a_plain_line_now_and_then(tmp_path, monk
     log.close()
     out = capsys.readouterr().out.splitlines()
     assert out == ["step       500 of 1,000 (50%)  return 12.5  2,000.0 steps/s"]
+
+
+def test_language_model_progress_says_reward_and_samples_per_second(tmp_path, monkeypatch, capsys):
+    # A language-model run passes its mean reward and samples/s; "return 0.4 ... steps/s" would misname both.
+    from rung.logging import logger as logger_module
+
+    monkeypatch.setattr(logger_module, "PLAIN_EVERY_S", 0.0)
+    log = logger_module.Logger(tmp_path, 40, progress=False, tensorboard=False)
+    log.set_units("samples/s", "reward")
+    log.progress(10, 0.4375, 1.25)
+    log.close()
+    assert capsys.readouterr().out.splitlines() == ["step        10 of 40 (25%)  reward 0.438  1.2 samples/s"]
+
+    (tmp_path / "bar").mkdir()
+    bar = logger_module.Logger(tmp_path / "bar", 40, progress=True, tensorboard=False)
+    bar.set_units("samples/s", "reward")
+    bar.progress(10, 0.4375, 1.25)
+    text = bar._bar.get_renderable()
+    bar.close()
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(text)
+    rendered = console.export_text()
+    assert "reward 0.438" in rendered and "1.25 samples/s" in rendered and "steps/s" not in rendered

@@ -342,7 +342,7 @@ def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: T
     training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters, average), cfg,
                         cfg.total_steps, average, master)
     start, _ = run.restore(modules)
-    run.logger.rate_unit = "samples/s"  # what the algorithms pass Run.log as sps
+    run.logger.set_units("samples/s", "reward")  # what the algorithms pass Run.log as sps and returns
     training.held_out.before()
     return training, start
 

@@ -82,13 +82,22 @@ class Logger:
         # line every PLAIN_EVERY_S seconds says the run is alive and how far it got.
         self._plain = not progress
         self._total, self._last_plain = total_steps, time.monotonic()
-        self.rate_unit = "steps/s"
+        self.rate_unit, self.value_name = "steps/s", "return"
         if progress:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("return {task.fields[ret]}"), TextColumn("{task.fields[sps]} steps/s"),
+                                 TextColumn("{task.fields[value_name]} {task.fields[ret]}"),
+                                 TextColumn("{task.fields[sps]} {task.fields[unit]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
-            self._task = self._bar.add_task("train", total=total_steps or None, completed=start_step, ret="-", sps="-")
+            self._task = self._bar.add_task("train", total=total_steps or None, completed=start_step, ret="-", sps="-",
+                                            value_name=self.value_name, unit=self.rate_unit)
             self._bar.start()
+
+    def set_units(self, rate_unit: str, value_name: str) -> None:
+        """What progress() is given, in its words: language-model runs pass samples/s and the mean
+        reward where env runs pass env steps/s and the episode return."""
+        self.rate_unit, self.value_name = rate_unit, value_name
+        if self._bar is not None:
+            self._bar.update(self._task, unit=rate_unit, value_name=value_name)
 
     def log(self, step: int, wall: float, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -108,15 +117,16 @@ class Logger:
             if self.enabled and self._plain and time.monotonic() - self._last_plain >= PLAIN_EVERY_S:
                 self._last_plain = time.monotonic()
                 of = f" of {self._total:,} ({100 * step / self._total:.0f}%)" if self._total else ""
-                ret_text = f"  return {ret:.1f}" if ret is not None and not math.isnan(ret) else ""
+                ret_text = f"  {self.value_name} {_short(ret)}" if ret is not None and not math.isnan(ret) else ""
                 sps_text = f"  {sps:,.1f} {self.rate_unit}" if sps is not None else ""
                 self.info(f"step {step:>9,}{of}{ret_text}{sps_text}")
             return
         fields = {}
         if ret is not None and not math.isnan(ret):
-            fields["ret"] = f"{ret:.1f}"
+            fields["ret"] = _short(ret)
         if sps is not None:
-            fields["sps"] = f"{sps:,.0f}"
+            # A language model makes under one sample a second on a CPU: "0 samples/s" says nothing.
+            fields["sps"] = f"{sps:,.0f}" if sps >= 10 else f"{sps:.2f}"
         self._bar.update(self._task, completed=step, **fields)
 
     def info(self, msg: str) -> None:
@@ -130,3 +140,9 @@ class Logger:
             self._tb.close()
         if self._file is not None:
             self._file.close()
+
+
+def _short(value: float) -> str:
+    # Returns run to the thousands, language-model rewards lie in [0, 1]: one decimal for the
+    # first, three for the second.
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
