@@ -26,6 +26,11 @@ from rung.llm.rewards import (code_reward, extract_answer, extract_code, format_
     ("The answer is 42. Check: 6 * 7 = 42 and 10 more is 52", "42"),
     ("So the answer is: $3.50.", "$3.50"),
     ("THE ANSWER IS -7", "-7"),
+    ("the answer is 5, since 2 + 3 = 5", "5"),                    # a reason after a comma
+    ("the answer is 5; done", "5"),
+    ("The answer is 6, or seven", "6, or seven"),                  # a hedge stays whole (scored 0)
+    ("the answer is 1, 2 and 3", "1, 2 and 3"),                    # several answers stay whole
+    ("The answer is 1,234 people", "1,234 people"),
     ("The answer is 3.5 cm.", "3.5 cm"),
     ("I get 3 apples, then 5", "5"),                               # last number fallback
     ("Total is 1,234,567 people", "1,234,567"),
@@ -127,6 +132,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 @linux_only
 @pytest.mark.parametrize("completion, expected", [
     ("    return sum(xs)\n", (1.0, "ok")),                                               # body continuation
+    ("    return sum(xs)\n```", (1.0, "ok")),                        # closed with a fence it never opened
     ("```python\ndef total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n```\nDone.", (1.0, "ok")),
     ("Sure:\n```py\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n", (1.0, "ok")),  # unclosed fence
     ("```python\nprint('hi')\n```\n```python\ndef total(xs):\n    return sum(xs)\n```", (1.0, "ok")),
@@ -147,6 +153,7 @@ def test_code_reward(completion, expected):
 
 @pytest.mark.parametrize("completion, expected", [
     ("plain text", "plain text"),
+    ("    return 1\n```\nThat is all.", "    return 1\n"),
     ("```python\na = 1\n```", "a = 1\n"),
     ("```\nb = 2\n```", "b = 2\n"),
     ("```Python3\nc = 3\n```", "c = 3\n"),

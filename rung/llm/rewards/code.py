@@ -22,8 +22,13 @@ _ERROR_REASONS = {"AssertionError": "wrong", "SyntaxError": "syntax_error", "Ind
 
 
 def extract_code(completion: str, entry_point: str | None = None) -> str:
-    """The last ```python fenced block that defines `entry_point`, else the first fenced block (an
-    unclosed fence runs to the end), else the whole completion."""
+    """An indented continuation of the prompt's function up to the first ``` line; else the last
+    ```python fenced block that defines `entry_point`, else the first fenced block (an unclosed
+    fence runs to the end), else the whole completion."""
+    if re.match(r"[ \t]+\S", completion):
+        # An indented start continues the prompt's function body; a fence after it closes what the
+        # model never opened ("    return x\n```\nThat is all."), and the code is what comes before.
+        return re.split(r"^[ \t]*```", completion, maxsplit=1, flags=re.MULTILINE)[0]
     blocks = _FENCE.findall(completion)
     if not blocks:
         return completion

@@ -49,7 +49,10 @@ def extract_answer(text: str) -> str | None:
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
         rest = text[matches[-1].end():]
-        sentence = re.match(r"(.*?)(?:\.\s|\.?$|\n)", rest, re.MULTILINE)
+        # The answer ends with its sentence, or at a comma that a reason follows ("5, since ...").
+        # A comma before "or"/"and" or a digit stays: "6, or seven" and "1, 2 and 3" must read as
+        # a hedge or as several answers, not as their first number.
+        sentence = re.match(r"(.*?)(?:\.\s|\.?$|\n|;|,\s+(?=[A-Za-z])(?!(?:or|and)\b))", rest, re.MULTILINE)
         return sentence.group(1).strip() or None
     numbers = re.findall(_NUMBER, text)
     return numbers[-1] if numbers else None
@@ -115,8 +118,10 @@ def math_reward(completion: str, answer: str) -> float:
 
 
 def format_reward(completion: str) -> float:
-    """1.0 if the completion ends in the GSM8K form: one `####`, followed by a number and nothing
-    else ("... #### 42"), else 0.0. Correctness is `math_reward`'s job."""
+    """1.0 if the completion ends in the GSM8K form: one `####`, then one number on the last line
+    ("... #### 42"), else 0.0. What normalize_number reads past counts as the number's wrapping:
+    "#### $1,000" and "#### 5 dollars" pass, "#### 5\nbecause ..." and "#### 5 or 6" do not.
+    Correctness is `math_reward`'s job."""
     parts = completion.split("####")
     if len(parts) != 2:
         return 0.0
