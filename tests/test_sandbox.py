@@ -80,6 +80,8 @@ def test_results(code, stdin, reason, stdout, stderr):
     ("raise ValueError", False, False),
     # Code that disarms sys.exit must not turn its own error into a clean finish (a reward of 1).
     ("import sys; sys.exit = lambda *a: None\nraise RuntimeError('boom')", False, False),
+    # Written to stderr after the last line ran, at interpreter exit: still a program that finished.
+    ("import atexit, sys; atexit.register(lambda: sys.stderr.write('bye'))", True, True),
 ])
 def test_finished_tells_running_to_the_end_from_exiting_early(code, ok, finished):
     result = run_code(code)

@@ -336,8 +336,12 @@ def _run(code: str, workdir: str, start: float, timeout: float, memory_mb: int, 
             proc.wait()
     stdout = out[:_OUTPUT_LIMIT].decode("utf-8", "replace")
     stderr = err[:_OUTPUT_LIMIT].decode("utf-8", "replace")
-    finished = stderr.endswith(f"\n{marker}\n")
-    stderr = stderr.removesuffix(f"\n{marker}\n")
+    # Anywhere, not only at the end: atexit handlers, logging's shutdown and non-daemon threads
+    # may still write to stderr after the program's last line ran.
+    head, found, tail = stderr.partition(f"\n{marker}\n")
+    finished = bool(found)
+    if found:
+        stderr = head + ("\n" + tail if tail else "")
     reason = _reason(proc.returncode, stderr, stop)
     return SandboxResult(reason == "ok", stdout, stderr, reason, proc.returncode, time.monotonic() - start,
                          finished and reason == "ok")
