@@ -121,6 +121,16 @@ def test_bad_dataset_is_one_line_naming_the_line(tmp_path, capsys, lines, messag
     assert not (tmp_path / "r").exists(), "a bad dataset must fail before the run folder is made"
 
 
+def test_a_pair_longer_than_the_models_positions_is_one_line(tmp_path, capsys):
+    # tiny-gpt has 256 positions; the embedding lookup past them fails with a bare IndexError.
+    path = tmp_path / "data.jsonl"
+    write_jsonl(path, ['{"prompt": "%s", "response": "7"}' % ("1 + " * 200 + "1 =")])
+    code = main(["train", "sft", "--model", "tiny-gpt", "--total-steps", "1", "--run-dir", str(tmp_path / "r"),
+                 "--dataset", str(path), "--no-chat-template"])
+    err = capsys.readouterr().err
+    assert code == 2 and "more than the model's 256 positions" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "2"], "--epochs counts passes over --dataset"),
     (["--epochs", "-1"], "--epochs must be >= 0"),

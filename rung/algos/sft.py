@@ -158,7 +158,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             responses = [reference_response(task, e) for e in examples]
         # The prompt as generation will see it (chat template or not), so training matches use.
         batch = list(zip(prompt_texts(tokenizer, examples, cfg.chat_template), responses, strict=True))
-        prompt_ids, prompt_mask, response_ids, mask, cut = _collate(batch, tokenizer, cfg, device)
+        prompt_ids, prompt_mask, response_ids, mask, cut = _collate(
+            batch, tokenizer, cfg, device, getattr(model.config, "max_position_embeddings", None))
         B = mask.shape[0]
         num_tokens, _ = global_counts(mask, world)
 
@@ -211,19 +212,25 @@ def _dataset_batch(pairs: list[tuple[str, str]], cfg: Config, step: int, rank: i
     return [Example(p, None) for p, _ in chosen], [r for _, r in chosen]
 
 
-def _collate(batch: list[tuple[str, str]], tokenizer: Any, cfg: Config, device: torch.device):
+def _collate(batch: list[tuple[str, str]], tokenizer: Any, cfg: Config, device: torch.device,
+             positions: int | None = None):
     """Token ids of (prompt text, response text) pairs in a rollout's layout: prompts (B, P)
     left-padded, responses (B, T) right-padded and ending in eos, with their bool masks; and
-    the share of responses cut to max_new_tokens."""
+    the share of responses cut to max_new_tokens. A pair longer than the model's `positions`
+    is a UserError (the embedding lookup would fail with an IndexError)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = tokenizer([p for p, _ in batch], add_special_tokens=False)["input_ids"]
     responses = tokenizer([r for _, r in batch], add_special_tokens=False)["input_ids"]
     responses = [r + [tokenizer.eos_token_id] for r in responses]
     cut = sum(len(r) > cfg.max_new_tokens for r in responses) / len(responses)
     responses = [r[:cfg.max_new_tokens] for r in responses]
-    for i, p in enumerate(prompts):
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         if not p:
             raise UserError(f"prompt {batch[i][0]!r:.40} tokenizes to nothing; a language model needs at least one token")
+        if positions is not None and len(p) + len(r) > positions:
+            raise UserError(f"prompt {batch[i][0]!r:.40} is {len(p)} tokens and its response {len(r)} (at most "
+                            f"--max-new-tokens): more than the model's {positions} positions; shorten the prompt or "
+                            "lower --max-new-tokens")
     P, T = max(map(len, prompts)), max(map(len, responses))
     prompt_ids = torch.full((len(batch), P), pad, dtype=torch.long)
     prompt_mask = torch.zeros((len(batch), P), dtype=torch.bool)
