@@ -274,6 +274,9 @@ def cmd_eval(argv: list[str]) -> int:
                       "--prompts, --prompt-seed, --weights, --samples and --temperature")
         if a.temperature is not None and not a.samples:
             raise UserError("--temperature is for --samples K (greedy answers have none); add --samples")
+        if a.temperature == 0:
+            raise UserError("--temperature 0 draws the greedy answer K times, so pass@K would be the greedy accuracy; "
+                            "give a temperature above 0")
         r = evaluate_run_folder(Path(a.run_dir), a.prompts, a.prompt_seed or 0, a.weights or "average",
                                 a.samples or 0, 0.8 if a.temperature is None else a.temperature)
         sampled = (f"; {r['samples']} samples a problem at temperature {r['temperature']:g}: pass@{r['samples']} "

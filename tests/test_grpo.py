@@ -334,15 +334,19 @@ def test_sampled_accuracy_and_pass_at_k_by_hand(monkeypatch):
 
 
 def test_rung_eval_samples_at_temperature_zero_agree_with_greedy(tmp_path, capsys):
+    from rung.llm import evaluate
+
     result = grpo.train(tiny_cfg(tmp_path / "run", total_steps=1, task_options="target=t"))
     run = str(result.run_dir)
-    assert main(["eval", run, "--samples", "3", "--temperature", "0"]) == 0
-    r = json.loads((result.run_dir / "eval.json").read_text())
+    # At temperature 0 (the library allows it, as this check; the command refuses it) every sample is the greedy answer.
+    r = evaluate.evaluate_run_folder(result.run_dir, sample_count=3, temperature=0.0)
     assert r["accuracy"] > 0.5  # the greedy answer hits: a sampled one at temperature 1 mostly does not
     assert r["samples"] == 3 and r["pass_at_k"] == r["sample_accuracy"] == r["accuracy"]
-    assert "pass@3" in capsys.readouterr().out
+    assert main(["eval", run, "--samples", "3", "--temperature", "0"]) == 2
+    assert "--temperature 0 draws the greedy answer K times" in capsys.readouterr().err
     assert main(["eval", run, "--samples", "6", "--temperature", "1.0"]) == 0
     hot = json.loads((result.run_dir / "eval.json").read_text())
     assert hot["sample_accuracy"] < hot["accuracy"] and hot["sample_accuracy"] <= hot["pass_at_k"]
+    assert "pass@6" in capsys.readouterr().out
     assert main(["eval", run, "--temperature", "1.0"]) == 2
     assert "--temperature is for --samples K" in capsys.readouterr().err
