@@ -96,6 +96,22 @@ def test_the_weight_average_by_hand_and_swapped_in_only_inside_its_block():
     assert other.average[0].item() == pytest.approx(2.25)
 
 
+def test_the_weight_average_of_bfloat16_weights_is_taken_over_their_float32_masters():
+    from rung.llm.loop import Float32Master
+
+    layer = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    master = Float32Master(layer)
+    avg = WeightAverage(layer, decay=0.5, master=master)
+    with torch.no_grad():
+        master.master[0].fill_(1.001)  # a step below bfloat16's spacing at 1.0 (1/128)
+    master.put_weights()
+    assert layer.weight.item() == 1.0  # the rounded weight did not move
+    avg.update()
+    assert avg.average[0].item() == pytest.approx(1.0005)
+
+
 def test_bfloat16_weights_are_stepped_through_float32_masters():
     from rung.llm.loop import Training, make_optimizer
 

@@ -36,18 +36,22 @@ class WeightAverage:
     Its state maps parameter names to averaged tensors, so that a run folder loaded as a model
     (rung.llm.models) can put the average in place of the raw weights by name."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, master: Float32Master | None = None):
         self.decay = decay
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        # Averaged from the float32 masters where the optimizer steps those: the bfloat16 weights
+        # are them rounded, and the average of rounded weights lags small steps.
+        masters = {} if master is None else {id(p): m for p, m in zip(master.low, master.master, strict=True)}
+        self.sources = [masters.get(id(p), p) for p in self.params]
         # Kept in float32 whatever the weights' dtype: in bfloat16 a tenth of a small step would
         # round away and the average would stand still.
-        self.average = [p.detach().float().clone() for p in self.params]
+        self.average = [p.detach().float().clone() for p in self.sources]
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.average, [p.detach().float() for p in self.params], 1.0 - self.decay)
+        torch._foreach_lerp_(self.average, [p.detach().float() for p in self.sources], 1.0 - self.decay)
 
     @contextmanager
     def swapped_in(self):
@@ -336,7 +340,7 @@ def start_training(run: Any, cfg: LLMConfig, model: Any, tokenizer: Any, task: T
     modules = {"model": model, **extra, "optimizer": optimizer, "counters": counters}
     if master is not None:
         modules["float32_master"] = master
-    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    average = WeightAverage(model, cfg.ema_decay, master) if cfg.ema_decay > 0 else None
     if average is not None:
         modules["weight_average"] = average
     training = Training(params, optimizer, modules, HeldOut(run, cfg, model, tokenizer, task, counters, average), cfg,
