@@ -238,7 +238,8 @@ class OffPolicyConfig(RunConfig):
     agent); the replay buffer keeps them raw."""
     save_buffer: bool = False
     """Put the replay buffer in checkpoints, so a resumed run continues exactly (files get large);
-    without it a resumed run refills the buffer with its current policy."""
+    without it a resumed run refills the buffer with its current policy (learning_starts transitions,
+    at least a batch) before updating again."""
     her: bool = False
     """Hindsight experience replay for goal-conditioned envs (Fetch*): relabel goals with ones reached later."""
     her_strategy: Literal["future", "final", "episode"] = "future"

@@ -100,12 +100,18 @@ def test_crash_then_resume_with_buffer_equals_uninterrupted(tmp_path, monkeypatc
     assert all(torch.equal(ref[k], resumed[k]) for k in ref if isinstance(ref[k], torch.Tensor))
 
 
-def test_resume_without_buffer_refills_and_continues(tmp_path):
+def test_resume_without_buffer_refills_and_continues(tmp_path, capsys):
     module, cfg = make(*CASES[1], tmp_path / "run", total_timesteps=400)
     module.train(cfg)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    before = checkpoint.load(latest)["counters"]["updates"]
     longer = dataclasses.replace(cfg, total_timesteps=700)
     summary = module.train(longer, resume=True).summary
     assert summary["total_timesteps"] == 700
+    # The restored networks wait for learning_starts (200) fresh transitions, not one batch (32):
+    # updates at buffer sizes 200..300 of the 300 steps after the resume.
+    assert checkpoint.load(latest)["counters"]["updates"] - before == 101
+    assert "the current policy gathers 200 transitions before updates resume" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("algo, env, message", [

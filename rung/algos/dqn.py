@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from rung.buffers.replay import make_buffer
+from rung.buffers.replay import fill_before_updates, make_buffer
 from rung.config import OffPolicyConfig, in_range, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
@@ -100,6 +100,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     obs = envs.reset().to(device)
     tally = modules["tally"] = EpisodeTally()
     start, step = run.restore(modules, envs)
+    min_fill = fill_before_updates(cfg, start, buffer, run.logger.info)
     if start:
         obs = envs.last_obs.to(device)
     stats: dict[str, torch.Tensor] = {}
@@ -115,7 +116,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         agent.obs_norm.update(obs)
         step_before, step = step, step + cfg.num_envs
 
-        if step >= cfg.learning_starts and iteration % cfg.train_freq == 0 and len(buffer) >= cfg.batch_size:
+        if step >= cfg.learning_starts and iteration % cfg.train_freq == 0 and len(buffer) >= min_fill:
             for _ in range(cfg.gradient_steps):
                 b = buffer.sample(cfg.batch_size)
                 o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)

@@ -196,6 +196,20 @@ def make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int,
     return buffer
 
 
+def fill_before_updates(cfg: Any, start: int, buffer: ReplayBuffer, log: Any = None) -> int:
+    """Transitions the buffer must hold before gradient steps (re)start: one batch; and on a run
+    resumed without its buffer (no --save-buffer), learning_starts' worth too, gathered by the
+    restored policy. Otherwise the trained networks would take their next updates on a few
+    hundred transitions of one or two episodes, as many times over as the update rate allows."""
+    if not start or len(buffer):
+        return cfg.batch_size
+    need = min(max(cfg.learning_starts, cfg.batch_size), buffer.rows * buffer.num_envs)
+    if log is not None:
+        log(f"the checkpoint holds no replay buffer (--save-buffer keeps it): the current policy gathers {need:,} "
+            "transitions before updates resume")
+    return need
+
+
 def _make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int) -> ReplayBuffer:
     action_shape = () if env.discrete else (env.action_dim,)
     if cfg.her:
