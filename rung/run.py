@@ -188,6 +188,19 @@ def mismatch(saved: dict[str, Any], cfg: BaseConfig) -> str:
     return "; ".join(diff) if diff else "the same settings; the checkpoint may come from an older rung"
 
 
+# What one loop iteration is made of. A checkpoint counts iterations, and the loops count their
+# budget, schedules and log/checkpoint intervals in them, so a resumed run must keep these.
+ITERATION_FIELDS = ("num_envs", "num_steps")
+
+
+def refuse_changed_iteration(saved: dict[str, Any], cfg: BaseConfig) -> None:
+    for name in ITERATION_FIELDS:
+        if name in saved and hasattr(cfg, name) and getattr(cfg, name) != saved[name]:
+            flag = f"--{name.replace('_', '-')}"
+            raise UserError(f"{flag} {getattr(cfg, name)} against the checkpoint's {saved[name]}: the checkpoint counts "
+                            f"loop iterations, which {flag} sizes; resume with {flag} {saved[name]} or start a new run")
+
+
 class Counters(dict):
     """Loop counters that a resumed run continues from (gradient steps taken, ...): goes into
     the checkpoint's modules like any object with a state_dict."""
@@ -277,6 +290,8 @@ class Run:
         ddp.barrier()
         self.run_dir = run_dir
         self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
+        if self.ckpt:
+            refuse_changed_iteration(self.ckpt.get("config", {}), cfg)
         start_step = self.ckpt["step"] if self.ckpt else 0
         if self.ckpt and self.dist.is_main:
             drop_best_after(run_dir / "checkpoints" / "best.pt", start_step)

@@ -271,6 +271,22 @@ def test_resume_keeps_the_runs_seed(capsys, tmp_path):
     assert run_cli(capsys, "train", "--resume", str(d), "--seed", "1", "--total-timesteps", "1024")[0] == 0
 
 
+@pytest.mark.parametrize("algo, flag, value", [("ppo", "--num-envs", "4"), ("ppo", "--num-steps", "16"),
+                                              ("sac", "--num-envs", "2")])
+def test_resume_keeps_what_an_iteration_is(capsys, tmp_path, algo, flag, value):
+    # The checkpoint counts iterations: with another size the budget, schedules and intervals would
+    # silently come out wrong (sac from 1 to 4 envs trained nothing more, from 2 to 1 overshot).
+    d = tmp_path / "r"
+    env = ["--env", "Pendulum-v1", "--learning-starts", "64", "--batch-size", "32", "--hidden-sizes", "16,16"] \
+        if algo == "sac" else []
+    assert run_cli(capsys, "train", algo, "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0",
+                   *env)[0] == 0
+    before = (d / "metrics.jsonl").read_text()
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), flag, value, "--total-timesteps", "1024")
+    assert code == 2 and err.count("\n") == 1 and f"{flag} {value} against the checkpoint's" in err, err
+    assert (d / "metrics.jsonl").read_text() == before
+
+
 def test_resume_survives_a_damaged_config_yaml(capsys, tmp_path):
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0")[0] == 0
