@@ -13,6 +13,7 @@ Run folder contract (tools read it):
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -188,6 +189,10 @@ def mismatch(saved: dict[str, Any], cfg: BaseConfig) -> str:
     return "; ".join(diff) if diff else "the same settings; the checkpoint may come from an older rung"
 
 
+# Policies up to this size are evaluated on the CPU in runs of batched envs on a GPU (Run._eval_policy):
+# a 256x256 SAC agent is about 0.2M parameters.
+CPU_EVAL_MAX_PARAMS = 1_000_000
+
 # What one loop iteration is made of. A checkpoint counts iterations, and the loops count their
 # budget, schedules and log/checkpoint intervals in them, so a resumed run must keep these.
 ITERATION_FIELDS = ("num_envs", "num_steps")
@@ -303,6 +308,7 @@ class Run:
         self.wall_offset = 0.0
         self.t0 = time.perf_counter()
         self._eval_env: VecEnv | None = None
+        self._eval_twin: torch.nn.Module | None = None
         self._recent_returns: list[float] = []
         # Said once set-up has passed (restore), so a run refused during it never seems to start.
         self._header = None if resume else f"{algo} on {cfg.subject}, seed {cfg.seed}, {cfg.budget_text} -> {run_dir}"
@@ -408,12 +414,34 @@ class Run:
 
     def _evaluate(self, agent: torch.nn.Module, envs: VecEnv, eval_round: int,
                   successes: list[float] | None = None) -> list[float]:
+        policy, device = self._eval_policy(agent)
         if self._eval_env is None:
-            self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, device=self.device,
+            self._eval_env = make_env(self.cfg.env, self.cfg.eval_episodes, 0, device=device,
                                       normalize_obs=envs.normalizer.norm_obs)
         # Evaluation seeds depend only on the run's seed and the round, never on the history.
         seed = evaluation_seed(self.cfg.seed, self.cfg.eval_episodes, eval_round)
-        return evaluate(agent, self._eval_env, seed, envs.normalizer.state_dict(), self.device, successes=successes)
+        return evaluate(policy, self._eval_env, seed, envs.normalizer.state_dict(), device, successes=successes)
+
+    def _eval_policy(self, agent: torch.nn.Module) -> tuple[torch.nn.Module, torch.device]:
+        """The policy evaluation plays and where: `agent` on the run's device, or, for a small
+        policy of a batched env on a GPU, a CPU copy of it on CPU envs. An evaluation steps a few
+        envs one step at a time, and on a GPU each step is a few dozen kernel launches the host
+        waits on: on an H200 a 475-step evaluation took 312 ms against 152 ms on its host's CPU,
+        and evaluating was two thirds of a batched CartPole run (BENCHMARKS.md)."""
+        if self._eval_twin is None:
+            self._eval_twin = copy.deepcopy(agent).cpu() if self.evaluates_on_cpu(agent) else agent
+        if self._eval_twin is agent:
+            return agent, self.device
+        self._eval_twin.load_state_dict(agent.state_dict())
+        return self._eval_twin, torch.device("cpu")
+
+    def evaluates_on_cpu(self, agent: torch.nn.Module) -> bool:
+        from rung.envs.batched import PREFIX
+
+        small = sum(p.numel() for p in agent.parameters()) <= CPU_EVAL_MAX_PARAMS
+        # A compiled network would be compiled again for the CPU copy, at seconds a time.
+        return (self.device.type == "cuda" and self.cfg.env.startswith(PREFIX) and small
+                and not getattr(self.cfg, "compile", False))
 
     def maybe_evaluate(self, agent: torch.nn.Module, envs: VecEnv, step_before: int, step: int) -> None:
         every = self.cfg.eval_every

@@ -1,6 +1,7 @@
 """Nothing is lost on a crash: SIGKILL a real training process, resume it, and end with the
 parameters of an uninterrupted run of the same seed."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -201,3 +202,40 @@ def test_language_model_progress_says_reward_and_samples_per_second(tmp_path, mo
     console.print(text)
     rendered = console.export_text()
     assert "reward 0.438" in rendered and "1.25 samples/s" in rendered and "steps/s" not in rendered
+
+
+@pytest.mark.parametrize("algo, overrides", [
+    ("ppo", dict(env="batched/CartPole-v1", num_envs=16, num_steps=32, total_timesteps=2048, normalize_obs=True)),
+    ("sac", dict(env="batched/Pendulum-v1", num_envs=4, total_timesteps=400, learning_starts=100, batch_size=32,
+                 hidden_sizes=(16, 16), normalize_obs=True)),
+    ("dqn", dict(env="CartPole-v1", total_timesteps=400, learning_starts=100, batch_size=32, hidden_sizes=(16, 16))),
+])
+def test_evaluation_by_a_cpu_copy_of_the_policy_scores_as_the_policy_itself(tmp_path, monkeypatch, algo, overrides):
+    # On a GPU, small policies of batched runs are evaluated by a CPU copy (Run._eval_policy).
+    # The copy must play exactly as the policy: forced here on the CPU, where both can run.
+    import json
+
+    from rung import algos
+    from rung.run import Run
+
+    module = algos.get(algo)
+    cfg = module.Config(**overrides, eval_every=overrides["total_timesteps"] // 2, eval_episodes=3, seed=2)
+    module.train(dataclasses.replace(cfg, run_dir=str(tmp_path / "own")))
+    copies = []
+    real_copy = Run._eval_policy
+
+    def tracked(self, agent):
+        policy, device = real_copy(self, agent)
+        copies.append(policy is not agent)
+        return policy, device
+
+    monkeypatch.setattr(Run, "evaluates_on_cpu", lambda self, agent: True)
+    monkeypatch.setattr(Run, "_eval_policy", tracked)
+    module.train(dataclasses.replace(cfg, run_dir=str(tmp_path / "copy")))
+    assert copies and all(copies)
+
+    def evals(d):
+        rows = [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [r["eval/mean_return"] for r in rows if "eval/mean_return" in r]
+
+    assert len(evals("own")) >= 2 and evals("own") == evals("copy")
