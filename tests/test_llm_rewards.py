@@ -29,6 +29,8 @@ from rung.llm.rewards import (code_reward, extract_answer, extract_code, format_
     ("the answer is 5, since 2 + 3 = 5", "5"),                    # a reason after a comma
     ("the answer is 5; done", "5"),
     ("The answer is 6, or seven", "6, or seven"),                  # a hedge stays whole (scored 0)
+    ("THE ANSWER IS 6, OR 7", "6, OR 7"),
+    ("The answer is 6; or 7", "6; or 7"),
     ("the answer is 1, 2 and 3", "1, 2 and 3"),                    # several answers stay whole
     ("The answer is 1,234 people", "1,234 people"),
     ("The answer is 3.5 cm.", "3.5 cm"),
@@ -53,7 +55,7 @@ def test_extract_answer(text, expected):
     ("3/4", 0.75), ("-3/4", -0.75), ("\\frac{3}{4}", 0.75), ("\\dfrac{3}{4}", 0.75), ("\\tfrac{1}{8}", 0.125),
     ("-\\frac{3}{4}", -0.75), ("\\frac{-3}{4}", -0.75), ("\\dfrac34", 0.75), ("$\\frac{10}{4}$", 2.5),
     ("x = 5", 5.0), ("(3)", 3.0),
-    ("**42**", 42.0), ("_7_", 7.0), ("6, or seven", None), ("6 and 7", None), ("5 pounds and 3 ounces", None),
+    ("**42**", 42.0), ("_7_", 7.0), ("6, or seven", None), ("6 OR SEVEN", None), ("6 and 7", None), ("5 pounds and 3 ounces", None),
     ("", None), ("abc", None), ("5 or 6", None), ("1/0", None), ("nan", None), ("inf", None),
     ("\\frac{\\sqrt{2}}{2}", None), ("1 1/2", None), ("3 - 4", None),
 ])
@@ -133,6 +135,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 @pytest.mark.parametrize("completion, expected", [
     ("    return sum(xs)\n", (1.0, "ok")),                                               # body continuation
     ("    return sum(xs)\n```", (1.0, "ok")),                        # closed with a fence it never opened
+    (" Sure, here it is:\n```python\ndef total(xs):\n    return sum(xs)\n```", (1.0, "ok")),  # a leading space
+    ("    pass\n```python\ndef total(xs):\n    return sum(xs)\n```", (1.0, "ok")),
     ("```python\ndef total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return s\n```\nDone.", (1.0, "ok")),
     ("Sure:\n```py\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n", (1.0, "ok")),  # unclosed fence
     ("```python\nprint('hi')\n```\n```python\ndef total(xs):\n    return sum(xs)\n```", (1.0, "ok")),

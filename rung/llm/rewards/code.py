@@ -22,18 +22,19 @@ _ERROR_REASONS = {"AssertionError": "wrong", "SyntaxError": "syntax_error", "Ind
 
 
 def extract_code(completion: str, entry_point: str | None = None) -> str:
-    """An indented continuation of the prompt's function up to the first ``` line; else the last
-    ```python fenced block that defines `entry_point`, else the first fenced block (an unclosed
-    fence runs to the end), else the whole completion."""
-    if re.match(r"[ \t]+\S", completion):
-        # An indented start continues the prompt's function body; a fence after it closes what the
-        # model never opened ("    return x\n```\nThat is all."), and the code is what comes before.
-        return re.split(r"^[ \t]*```", completion, maxsplit=1, flags=re.MULTILINE)[0]
+    """The last ```python fenced block that defines `entry_point`; else an indented continuation
+    of the prompt's function up to a bare ``` line; else the first fenced block (an unclosed fence
+    runs to the end), else the whole completion."""
     blocks = _FENCE.findall(completion)
-    if not blocks:
-        return completion
     defining = [b for b in blocks if entry_point and re.search(rf"def\s+{re.escape(entry_point)}\s*\(", b)]
-    return defining[-1] if defining else blocks[0]
+    if defining:
+        return defining[-1]
+    if re.match(r"[ \t]+\S", completion):
+        # An indented start continues the prompt's function body, and a bare fence line after it
+        # closes what the model never opened ("    return x\n```\nThat is all."): the code is
+        # what comes before that line.
+        return re.split(r"^[ \t]*```[ \t]*$", completion, maxsplit=1, flags=re.MULTILINE)[0]
+    return blocks[0] if blocks else completion
 
 
 def code_reward(completion: str, problem: dict, *, timeout: float = 5.0) -> tuple[float, str]:

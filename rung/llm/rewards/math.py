@@ -49,10 +49,12 @@ def extract_answer(text: str) -> str | None:
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
         rest = text[matches[-1].end():]
-        # The answer ends with its sentence, or at a comma that a reason follows ("5, since ...").
-        # A comma before "or"/"and" or a digit stays: "6, or seven" and "1, 2 and 3" must read as
-        # a hedge or as several answers, not as their first number.
-        sentence = re.match(r"(.*?)(?:\.\s|\.?$|\n|;|,\s+(?=[A-Za-z])(?!(?:or|and)\b))", rest, re.MULTILINE)
+        # The answer ends with its sentence, or at a comma or semicolon that a reason follows
+        # ("5, since ..."). One before "or"/"and" (any case) or a digit stays: "6, or seven",
+        # "6; OR 7" and "1, 2 and 3" must read as a hedge or as several answers, not as their first
+        # number.
+        sentence = re.match(r"(.*?)(?:\.\s|\.?$|\n|(?:,\s+(?=[A-Za-z])|;\s*(?=[A-Za-z]))(?!(?i:or|and)\b))",
+                            rest, re.MULTILINE)
         return sentence.group(1).strip() or None
     numbers = re.findall(_NUMBER, text)
     return numbers[-1] if numbers else None
@@ -62,7 +64,7 @@ def _cleaned(s: str) -> str | None:
     """`s` with what people wrap numbers in taken off (normalize_number's first half); None for a
     hedge or several answers."""
     s = s.strip().strip("*_").strip().replace("\u2212", "-")  # Markdown emphasis: "**42**"
-    if re.search(r"\b(?:or|and)\b", s):
+    if re.search(r"\b(?:or|and)\b", s, re.IGNORECASE):
         return None  # a hedge ("6, or seven") or several answers, not one number
     s = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"\1/\2", s)
     s = re.sub(r"\\[dt]?frac\s*(\d)\s*(\d)", r"\1/\2", s)
