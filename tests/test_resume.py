@@ -176,7 +176,7 @@ def test_without_a_terminal_progress_is_a_plain_line_now_and_then(tmp_path, monk
     log.progress(500, 12.5, 2000.0)
     log.close()
     out = capsys.readouterr().out.splitlines()
-    assert out == ["step       500 of 1,000 (50%)  return 12.5  2,000.0 steps/s"]
+    assert out == ["step       500 of 1,000 (50%)  return 12.5  2,000 steps/s"]
 
 
 def test_language_model_progress_says_reward_and_samples_per_second(tmp_path, monkeypatch, capsys):
@@ -188,7 +188,7 @@ def test_language_model_progress_says_reward_and_samples_per_second(tmp_path, mo
     log.set_units("samples/s", "reward")
     log.progress(10, 0.4375, 1.25)
     log.close()
-    assert capsys.readouterr().out.splitlines() == ["step        10 of 40 (25%)  reward 0.438  1.2 samples/s"]
+    assert capsys.readouterr().out.splitlines() == ["step        10 of 40 (25%)  reward 0.438  1.25 samples/s"]
 
     (tmp_path / "bar").mkdir()
     bar = logger_module.Logger(tmp_path / "bar", 40, progress=True, tensorboard=False)

@@ -118,15 +118,14 @@ class Logger:
                 self._last_plain = time.monotonic()
                 of = f" of {self._total:,} ({100 * step / self._total:.0f}%)" if self._total else ""
                 ret_text = f"  {self.value_name} {_short(ret)}" if ret is not None and not math.isnan(ret) else ""
-                sps_text = f"  {sps:,.1f} {self.rate_unit}" if sps is not None else ""
+                sps_text = f"  {_rate(sps)} {self.rate_unit}" if sps is not None else ""
                 self.info(f"step {step:>9,}{of}{ret_text}{sps_text}")
             return
         fields = {}
         if ret is not None and not math.isnan(ret):
             fields["ret"] = _short(ret)
         if sps is not None:
-            # A language model makes under one sample a second on a CPU: "0 samples/s" says nothing.
-            fields["sps"] = f"{sps:,.0f}" if sps >= 10 else f"{sps:.2f}"
+            fields["sps"] = _rate(sps)
         self._bar.update(self._task, completed=step, **fields)
 
     def info(self, msg: str) -> None:
@@ -146,3 +145,8 @@ def _short(value: float) -> str:
     # Returns run to the thousands, language-model rewards lie in [0, 1]: one decimal for the
     # first, three for the second.
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _rate(per_second: float) -> str:
+    # A language model makes under one sample a second on a CPU: "0 samples/s" would say nothing.
+    return f"{per_second:,.0f}" if per_second >= 10 else f"{per_second:.2f}"
