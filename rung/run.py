@@ -189,8 +189,8 @@ def mismatch(saved: dict[str, Any], cfg: BaseConfig) -> str:
     return "; ".join(diff) if diff else "the same settings; the checkpoint may come from an older rung"
 
 
-# Policies up to this size are evaluated on the CPU in runs of batched envs on a GPU (Run._eval_policy):
-# a 256x256 SAC agent is about 0.2M parameters.
+# Agents up to this size (every parameter, critics and target networks included) are evaluated on
+# the CPU in runs of batched envs on a GPU (Run._eval_policy): a 256x256 SAC agent is about 0.34M.
 CPU_EVAL_MAX_PARAMS = 1_000_000
 
 # What one loop iteration is made of. A checkpoint counts iterations, and the loops count their
@@ -427,7 +427,7 @@ class Run:
         policy of a batched env on a GPU, a CPU copy of it on CPU envs. An evaluation steps a few
         envs one step at a time, and on a GPU each step is a few dozen kernel launches the host
         waits on: on an H200 a 475-step evaluation took 312 ms against 152 ms on its host's CPU,
-        and evaluating was two thirds of a batched CartPole run (BENCHMARKS.md)."""
+        and evaluating was 40 to 70% of a batched CartPole run's time (BENCHMARKS.md)."""
         if self._eval_twin is None:
             self._eval_twin = copy.deepcopy(agent).cpu() if self.evaluates_on_cpu(agent) else agent
         if self._eval_twin is agent:

@@ -111,7 +111,7 @@ def test_resume_without_buffer_refills_and_continues(tmp_path, capsys):
     # The restored networks wait for learning_starts (200) fresh transitions, not one batch (32):
     # updates at buffer sizes 200..300 of the 300 steps after the resume.
     assert checkpoint.load(latest)["counters"]["updates"] - before == 101
-    assert "the current policy gathers 200 transitions before updates resume" in capsys.readouterr().out
+    assert "200 fresh transitions are gathered before updates resume" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("algo, env, message", [

@@ -205,8 +205,8 @@ def fill_before_updates(cfg: Any, start: int, buffer: ReplayBuffer, log: Any = N
         return cfg.batch_size
     need = min(max(cfg.learning_starts, cfg.batch_size), buffer.rows * buffer.num_envs)
     if log is not None:
-        log(f"the checkpoint holds no replay buffer (--save-buffer keeps it): the current policy gathers {need:,} "
-            "transitions before updates resume")
+        log(f"the checkpoint holds no replay buffer (--save-buffer keeps it): {need:,} fresh transitions are gathered "
+            "before updates resume")
     return need
 
 
