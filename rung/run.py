@@ -135,9 +135,10 @@ FINAL_ROUND = 10**6  # the final evaluation's round: a number no periodic evalua
 
 
 def evaluation_seed(seed: int, episodes: int, eval_round: int) -> int:
-    """The seed of the first episode of evaluation round `eval_round` (episode i starts from this
-    plus i): a function of the run's seed and the round only, never of the history, so that peers
-    in bench/ can play the same start states."""
+    """The seed of the first episode of evaluation round `eval_round` (on gymnasium envs episode i
+    starts from this plus i; a batched env seeds its one generator with it, and on a GPU and a CPU
+    that generator draws different start states): a function of the run's seed and the round
+    only, never of the history, so that peers in bench/ can play the same start states."""
     return 1_000_000 + 10_007 * seed + episodes * eval_round
 
 

@@ -94,3 +94,21 @@ def test_crash_after_checkpoint_resumes_to_the_same_parameters(tmp_path, monkeyp
     monkeypatch.setattr(Run, "maybe_checkpoint", original)
     resumed = module.train(crashed, resume=True).agent.state_dict()
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_the_value_clip_is_not_annealed_with_the_policy_clip(tmp_path, monkeypatch):
+    # In return units: shrunk toward 0 with the policy's clip, it would freeze the critic late in training.
+    from rung.algos import ppo
+
+    seen = []
+    real = ppo.value_loss
+
+    def recording(values, returns, old_values, clip):
+        seen.append(clip)
+        return real(values, returns, old_values, clip)
+
+    monkeypatch.setattr(ppo, "value_loss", recording)
+    cfg = ppo.Config(env="CartPole-v1", num_envs=4, num_steps=32, total_timesteps=512, update_epochs=1,
+                     clip_vloss=True, anneal_clip=True, clip_coef=0.3, eval_every=0, run_dir=str(tmp_path / "r"))
+    ppo.train(cfg)
+    assert len(seen) == 4 and set(seen) == {0.3}

@@ -106,6 +106,23 @@ def test_randomise_errors():
         batched.make("CartPol-v1", 2)
 
 
+@pytest.mark.parametrize("name, key, bounds, message", [
+    ("CartPole-v1", "pole_length", (0.0, 1.0), "pole_length must be > 0"),   # divides the dynamics: NaN states
+    ("Pendulum-v1", "mass", (-1.0, 1.0), "mass must be > 0"),
+    ("Pendulum-v1", "max_torque", (-1.0, 1.0), "max_torque must be > 0"),    # a torque forced to one side
+    ("CartPole-v1", "gravity", (-1.0, 9.8), "gravity must be >= 0"),
+])
+def test_unphysical_randomisation_ranges_are_refused(name, key, bounds, message):
+    with pytest.raises(UserError, match=message):
+        batched.make(name, 2, randomize={key: bounds})
+
+
+def test_gravity_may_be_randomised_down_to_zero():
+    env = batched.make("CartPole-v1", 4, seed=0, randomize={"gravity": (0.0, 1.0)})
+    env.reset()
+    assert torch.isfinite(env.step(torch.ones(4, dtype=torch.long)).obs).all()
+
+
 def test_pendulum_max_torque_above_the_action_bound_is_refused():
     # Actions are clipped to the action space (+-2) before the per-env cap, so a range past 2
     # would silently train on torques of at most 2.
@@ -135,6 +152,34 @@ def test_state_round_trip_continues_identically():
     for a, r in zip(actions, ref):
         s = other.step(a)
         assert torch.equal(s.obs, r.obs) and torch.equal(s.reward, r.reward)
+
+
+def test_a_state_from_another_kind_of_device_resumes_with_a_generator_seeded_from_it():
+    # A CUDA generator's state is 16 bytes, a CPU one's 5,056: set_state would raise. The episodes
+    # go on, and later draws are the same on every resume of the same state.
+    env = batched.make("CartPole-v1", 8, seed=3)
+    env.reset()
+    for _ in range(30):
+        env.step(torch.randint(0, 2, (8,)))
+    state = env.state_dict()
+    state["generator"] = torch.arange(16, dtype=torch.uint8)  # what a CUDA generator's state looks like
+    runs = []
+    for _ in range(2):
+        other = batched.make("CartPole-v1", 8, seed=7)
+        other.reset()
+        assert other.load_state_dict(state) is True and torch.equal(other.state, env.state)
+        runs.append([other.step(torch.ones(8, dtype=torch.long)).obs for _ in range(40)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_reset_clears_the_reward_normalisers_running_return():
+    env = batched.make("Pendulum-v1", 4, seed=0, normalize_reward=True)
+    env.reset()
+    for _ in range(20):
+        env.step(torch.ones(4, 1))
+    assert (env.normalizer.returns != 0).all()
+    env.reset()
+    assert (env.normalizer.returns == 0).all()
 
 
 def test_a_state_for_other_env_counts_renormalises_the_current_observation():

@@ -78,7 +78,7 @@ class Config(RunConfig):
     anneal_clip: bool = True
     """Decay the clipping range linearly to 0 with the learning rate."""
     clip_vloss: bool = False
-    """Clip the value loss around the old values with clip_coef."""
+    """Clip the value loss around the old values with clip_coef (never annealed, unlike the policy's clip)."""
     ent_coef: float = 0.0
     """Entropy bonus weight."""
     vf_coef: float = 0.5
@@ -171,7 +171,10 @@ def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float, i
     if cfg.norm_adv:
         adv = normalize(adv, *ddp.mean_std(adv))
     pg, stats = ppo_clip_loss(logprobs, mb.logprobs, adv, clip_coef)
-    vl, _ = value_loss(values, mb.returns, mb.values, clip_coef if cfg.clip_vloss else None)
+    # The value clip is in return units and is not annealed: shrunk with the policy's clip toward
+    # the end of training, it would freeze the critic (CleanRL's and SB3's clip_range_vf do not
+    # decay either).
+    vl, _ = value_loss(values, mb.returns, mb.values, cfg.clip_coef if cfg.clip_vloss else None)
     ent, ent_stats = entropy_loss(entropy)
     loss = pg.mean() + cfg.vf_coef * vl.mean() + cfg.ent_coef * ent.mean()
     stats = {"policy": pg.mean().detach(), "value": vl.mean().detach(), **ent_stats, **stats}

@@ -15,7 +15,8 @@ CHECK_EVERY = 32
 def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | None = None,
              device: torch.device | str = "cpu", deterministic: bool = True,
              successes: list[float] | None = None) -> list[float]:
-    """One episode in each of `env.num_envs` copies, started from seeds seed, seed+1, ...
+    """One episode in each of `env.num_envs` copies, started from seeds seed, seed+1, ... (a
+    batched env draws every start state from its one generator, seeded with `seed`).
     Returns the episodes' returns; where the env reports success (goal-conditioned envs) and
     `successes` is given, each episode's final success flag is appended to it.
 

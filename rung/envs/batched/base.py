@@ -9,6 +9,7 @@ observation/reward normalisation. Nothing in `step` copies to the host.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 import torch
@@ -32,6 +33,8 @@ class BatchedEnv:
     # A parameter that caps the action's size (Pendulum's max_torque): actions are clamped to the
     # action space first, so a value above action_high would be no cap at all.
     action_cap: ClassVar[str | None] = None
+    # Parameters that may be randomised down to 0; every other one must stay above it.
+    ZERO_ALLOWED: ClassVar[frozenset[str]] = frozenset({"gravity", "link_com_pos_1", "link_com_pos_2"})
 
     def initial_state(self, n: int) -> torch.Tensor:  # (n, state_dim), drawn from self.generator
         raise NotImplementedError
@@ -53,6 +56,11 @@ class BatchedEnv:
                 raise UserError(f"batched/{cls.name} has no parameter {key!r} to randomise; it has {', '.join(cls.PARAMS)}")
             if not low <= high:
                 raise UserError(f"randomisation range for {key} must be low:high with low <= high, got {low}:{high}")
+            # Masses, lengths, forces and torques divide or cap the dynamics: at 0 or below they give
+            # inf/NaN states or a torque forced to one side. Gravity and a centre of mass may be 0.
+            if low < 0 or (low == 0 and key not in cls.ZERO_ALLOWED):
+                least = ">= 0" if key in cls.ZERO_ALLOWED else "> 0"
+                raise UserError(f"batched/{cls.name}: {key} must be {least} to be physical; got {low}:{high}")
             if key == cls.action_cap and high > cls.action_high:
                 raise UserError(f"batched/{cls.name}: {key} above {cls.action_high} has no effect (actions are "
                                 f"clipped to the action space, {cls.action_low}:{cls.action_high}); got {low}:{high}")
@@ -93,6 +101,8 @@ class BatchedEnv:
         self.params.update(self._sample_params(self.num_envs))
         self.elapsed = torch.zeros_like(self.elapsed)
         self.ep_return = torch.zeros_like(self.ep_return)
+        # The reward normaliser's running discounted return belongs to the episodes just ended.
+        self.normalizer.returns = torch.zeros_like(self.normalizer.returns)
         self.last_obs = self._obs(self.observe(self.state))
         return self.last_obs
 
@@ -171,7 +181,14 @@ class BatchedEnv:
         self.elapsed = state["elapsed"].to(self.device)
         self.ep_return = state["ep_return"].to(self.device)
         self.params = {k: v.to(self.device) for k, v in state["params"].items()}
-        self.generator.set_state(state["generator"])
+        saved = state["generator"]
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+        else:
+            # Saved on another kind of device (a CUDA generator's state is 16 bytes, a CPU one's
+            # 5,056): the running episodes go on, and later draws come from a generator seeded
+            # by that state, the same on every resume of the checkpoint.
+            self.generator.manual_seed(int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little"))
         self.last_obs = state["last_obs"].to(self.device)
         return True
 
