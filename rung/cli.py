@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import difflib
 import errno
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -61,7 +63,8 @@ def _converter(name: str, tp: Any):
                 raise ValueError
             if typing.get_origin(base) is tuple:
                 (inner, *_rest) = typing.get_args(base)
-                return tuple(inner(p) for p in text.replace(" ", "").split(",") if p)
+                # Commas or spaces between the widths: "64 64" must not read as one layer of 6464.
+                return tuple(inner(p) for p in re.split(r"[,\s]+", text.strip()) if p)
             if typing.get_origin(base) is typing.Literal:
                 choices = typing.get_args(base)
                 if text not in choices:
@@ -69,7 +72,10 @@ def _converter(name: str, tp: Any):
                 return text
             if base is int:
                 return int(float(text)) if "e" in text.lower() and float(text).is_integer() else int(text)
-            return base(text)
+            value = base(text)
+            if base is float and not math.isfinite(value):
+                raise ValueError  # inf and nan pass float() and every "> 0" check, then poison the run
+            return value
         except ValueError:
             expected = _type_name(tp)
             raise UserError(f"--{name.replace('_', '-')} expects {expected}, got {text!r}") from None
@@ -84,7 +90,7 @@ def _type_name(tp: Any) -> str:
     elif typing.get_origin(base) is tuple:
         s = "comma-separated integers such as 64,64"
     else:
-        s = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
+        s = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}.get(base, str(base))
     return s + (" or none" if optional else "")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import re
 import textwrap
 import typing
@@ -62,6 +63,11 @@ class BaseConfig:
     def validate(self) -> None:
         positive(self, "checkpoint_every", "log_every")
         non_negative(self, "seed", "torch_threads")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # inf and nan pass every "> 0" check, then turn a run's losses or targets into nan.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{flag(f.name)} must be a finite number, got {value}")
         check_choices(self)
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise UserError(f"--device {self.device!r} is not a device; use cpu, cuda or cuda:N")

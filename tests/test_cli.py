@@ -23,7 +23,11 @@ def run_cli(capsys, *argv):
     (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
-    (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a number"),
+    (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a finite number"),
+    (["train", "ppo", "--learning-rate", "inf"], "--learning-rate expects a finite number"),
+    (["train", "ppo", "--ent-coef", "nan"], "--ent-coef expects a finite number"),
+    (["train", "ppo", "--vf-coef", "-1"], "--vf-coef must be >= 0"),
+    (["train", "ppo", "--target-kl", "-0.1"], "--target-kl must be > 0"),
     (["train", "ppo", "--num-envs", "0"], "--num-envs must be > 0"),
     (["train", "ppo", "--num-minibatches", "7"], "does not divide the rollout of 256"),
     (["train", "ppo", "--num-envs", "1", "--num-steps", "4", "--num-minibatches", "4"], "leaves one sample a minibatch"),
@@ -49,6 +53,26 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, message):
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and err.startswith("rung: error: ")
+
+
+def test_a_non_finite_number_from_python_is_refused_too():
+    from rung.algos import ppo, sac
+    from rung.errors import UserError
+
+    with pytest.raises(UserError, match="--learning-rate must be a finite number"):
+        ppo.Config(learning_rate=float("inf")).validate()
+    with pytest.raises(UserError, match="--target-return must be a finite number"):
+        sac.Config(target_return=float("nan")).validate()
+
+
+def test_widths_may_be_separated_by_spaces(capsys, tmp_path):
+    # "64 64" once read as one layer of 6464 units.
+    import yaml
+
+    d = tmp_path / "r"
+    assert run_cli(capsys, "train", "ppo", "--hidden-sizes", "64 32", "--total-timesteps", "256", "--eval-every", "0",
+                   "--run-dir", str(d))[0] == 0
+    assert yaml.safe_load((d / "config.yaml").read_text())["hidden_sizes"] == [64, 32]
 
 
 @pytest.mark.parametrize("algo, flags, message", [

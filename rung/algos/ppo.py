@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from rung.batch import Batch
-from rung.config import RunConfig, in_range, positive, widths
+from rung.config import RunConfig, in_range, non_negative, positive, widths
 from rung.distributed import ddp
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
@@ -121,6 +121,9 @@ class Config(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        non_negative(self, "ent_coef", "vf_coef")
+        if self.target_kl is not None:
+            positive(self, "target_kl")
         positive(self, "num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "max_grad_norm")
         in_range(self, "gamma", 0.0, 1.0)
         in_range(self, "gae_lambda", 0.0, 1.0)

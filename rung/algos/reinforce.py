@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from rung.config import RunConfig, in_range, positive, widths
+from rung.config import RunConfig, in_range, non_negative, positive, widths
 from rung.distributed import ddp
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
@@ -70,6 +70,7 @@ class Config(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        non_negative(self, "ent_coef", "vf_coef")
         positive(self, "num_envs", "num_steps", "learning_rate", "max_grad_norm")
         in_range(self, "gamma", 0.0, 1.0)
         if self.value_epochs < 0:
