@@ -199,12 +199,22 @@ CPU_EVAL_MAX_PARAMS = 1_000_000
 ITERATION_FIELDS = ("num_envs", "num_steps")
 
 
-def refuse_changed_iteration(saved: dict[str, Any], cfg: BaseConfig) -> None:
+def refuse_on_resume(saved: dict[str, Any], cfg: BaseConfig, step: int) -> None:
+    """A one-line UserError for flags a resume cannot honour: another iteration size, another
+    env, or a budget the checkpoint has already passed."""
     for name in ITERATION_FIELDS:
         if name in saved and hasattr(cfg, name) and getattr(cfg, name) != saved[name]:
             flag = f"--{name.replace('_', '-')}"
             raise UserError(f"{flag} {getattr(cfg, name)} against the checkpoint's {saved[name]}: the checkpoint counts "
                             f"loop iterations, which {flag} sizes; resume with {flag} {saved[name]} or start a new run")
+    if "env" in saved and getattr(cfg, "env", saved["env"]) != saved["env"]:
+        raise UserError(f"--env {cfg.env} against the checkpoint's {saved['env']}: a resumed run goes on in the env it "
+                        f"trained in; start a new run for {cfg.env}")
+    # sft over a dataset counts its steps from --epochs; bc has no step budget (budget 0).
+    if 0 < cfg.budget < step and not getattr(cfg, "epochs", 0):
+        name = "total_timesteps" if hasattr(cfg, "total_timesteps") else "total_steps"
+        raise UserError(f"--{name.replace('_', '-')} {cfg.budget:,} is below the checkpoint's step {step:,}: a resumed "
+                        f"run goes on from there; give at least {step:,}")
 
 
 class Counters(dict):
@@ -297,7 +307,7 @@ class Run:
         self.run_dir = run_dir
         self.ckpt = checkpoint.load(run_dir / "checkpoints" / "latest.pt") if resume else None
         if self.ckpt:
-            refuse_changed_iteration(self.ckpt.get("config", {}), cfg)
+            refuse_on_resume(self.ckpt.get("config", {}), cfg, self.ckpt["step"])
         start_step = self.ckpt["step"] if self.ckpt else 0
         if self.ckpt and self.dist.is_main:
             drop_best_after(run_dir / "checkpoints" / "best.pt", start_step)

@@ -295,20 +295,28 @@ def test_resume_keeps_the_runs_seed(capsys, tmp_path):
     assert run_cli(capsys, "train", "--resume", str(d), "--seed", "1", "--total-timesteps", "1024")[0] == 0
 
 
-@pytest.mark.parametrize("algo, flag, value", [("ppo", "--num-envs", "4"), ("ppo", "--num-steps", "16"),
-                                              ("sac", "--num-envs", "2")])
-def test_resume_keeps_what_an_iteration_is(capsys, tmp_path, algo, flag, value):
+@pytest.mark.parametrize("algo, flags, message", [
     # The checkpoint counts iterations: with another size the budget, schedules and intervals would
     # silently come out wrong (sac from 1 to 4 envs trained nothing more, from 2 to 1 overshot).
+    ("ppo", ["--num-envs", "4"], "--num-envs 4 against the checkpoint's 8"),
+    ("ppo", ["--num-steps", "16"], "--num-steps 16 against the checkpoint's 32"),
+    ("sac", ["--num-envs", "2"], "--num-envs 2 against the checkpoint's 1"),
+    # Same shapes, another env: config.yaml and the solved threshold would say the wrong one.
+    ("ppo", ["--env", "CartPole-v0"], "--env CartPole-v0 against the checkpoint's CartPole-v1"),
+    # A budget already passed: config.yaml and summary.json would disagree.
+    ("ppo", ["--total-timesteps", "256"], "--total-timesteps 256 is below the checkpoint's step 512"),
+])
+def test_resume_refuses_what_it_cannot_honour(capsys, tmp_path, algo, flags, message):
     d = tmp_path / "r"
     env = ["--env", "Pendulum-v1", "--learning-starts", "64", "--batch-size", "32", "--hidden-sizes", "16,16"] \
         if algo == "sac" else []
     assert run_cli(capsys, "train", algo, "--run-dir", str(d), "--total-timesteps", "512", "--eval-every", "0",
                    *env)[0] == 0
-    before = (d / "metrics.jsonl").read_text()
-    code, _, err = run_cli(capsys, "train", "--resume", str(d), flag, value, "--total-timesteps", "1024")
-    assert code == 2 and err.count("\n") == 1 and f"{flag} {value} against the checkpoint's" in err, err
-    assert (d / "metrics.jsonl").read_text() == before
+    before = (d / "metrics.jsonl").read_text(), (d / "config.yaml").read_text()
+    more = [] if "--total-timesteps" in flags else ["--total-timesteps", "1024"]
+    code, _, err = run_cli(capsys, "train", "--resume", str(d), *flags, *more)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert ((d / "metrics.jsonl").read_text(), (d / "config.yaml").read_text()) == before
 
 
 def test_resume_survives_a_damaged_config_yaml(capsys, tmp_path):
