@@ -34,6 +34,12 @@ commands:
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any):
+        # No abbreviations: "--num-env 4" taken silently as --num-envs would bypass "did you mean",
+        # and would change meaning the day another flag shares the prefix.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
@@ -155,6 +161,8 @@ def cmd_train(argv: list[str]) -> int:
     if known.resume:
         if known.preset:
             raise UserError("--resume continues a run with its own config; drop --preset")
+        if known.force:
+            raise UserError("--resume continues the run in its folder and --force would replace it; drop one")
         from rung.checkpoint import read_run_config
 
         cfg_path = Path(known.resume) / "config.yaml"
@@ -198,6 +206,8 @@ def cmd_train(argv: list[str]) -> int:
     if unknown:
         _reject_unknown(unknown, cls)
     overrides = {k: v for k, v in vars(ns).items() if k not in ("preset", "resume", "force")}
+    if isinstance(overrides.get("run_dir"), str) and not overrides["run_dir"].strip():
+        raise UserError("--run-dir is empty; give a folder, or leave the flag out for a new one under runs/")
     if resume_cfg is not None and overrides.get("seed", base.seed) != base.seed:
         # The checkpoint's random state goes on as seed base.seed's would; recording another
         # seed would only group the run with that seed's runs.
@@ -376,6 +386,9 @@ def cmd_plot(argv: list[str]) -> int:
 def cmd_list(argv: list[str]) -> int:
     from rung.algos import ALGOS
     from rung.presets import PRESETS
+
+    if argv:
+        raise UserError(f"rung list takes no arguments, got {' '.join(argv)!r}")
 
     print("algorithms (rung train ALGO):")
     width = max(map(len, ALGOS)) + 2

@@ -40,6 +40,10 @@ def run_cli(capsys, *argv):
     (["train", "reinforce", "--preset", "cartpole-ppo"], "preset cartpole-ppo is for ppo"),
     (["train", "--resume", "/nonexistent/run"], "holds no run to resume"),
     (["frobnicate"], "unknown command"),
+    (["list", "extra"], "rung list takes no arguments"),
+    (["train", "ppo", "--num-env", "4"], "did you mean --num-envs"),           # no abbreviations
+    (["train", "--resume", "/nonexistent/run", "--force"], "--force would replace it; drop one"),
+    (["train", "ppo", "--run-dir", ""], "--run-dir is empty"),
     (["train", "ppo", "--env", "batched/CartPol-v1"], "did you mean batched/CartPole-v1"),
     (["train", "ppo", "--randomize", "gravity=9:10"], "--randomize needs a batched env such as batched/CartPole-v1"),
     (["train", "ppo", "--env", "batched/CartPole-v1", "--randomize", "gravity=9"], "NAME=LOW:HIGH"),
