@@ -116,7 +116,7 @@ def test_a_group_plots_one_quantity_for_every_seed():
     assert curve_for([[{"step": 1, "sys/rss_mb": 300.0}]]) is None
 
 
-def test_plot_labels_name_only_settings_every_run_has(tmp_path, monkeypatch, capsys):
+def test_plot_labels_name_only_what_sets_a_group_apart_from_its_own_algorithm_and_env(tmp_path, monkeypatch, capsys):
     from matplotlib.axes import Axes
 
     from rung.logging.plots import group_runs
@@ -130,11 +130,14 @@ def test_plot_labels_name_only_settings_every_run_has(tmp_path, monkeypatch, cap
     a = run("ppo", {"algo": "ppo", "env": "CartPole-v1", "seed": 1, "clip_coef": 0.2, "learning_rate": 0.001}, one_eval)
     b = run("rf", {"algo": "reinforce", "env": "CartPole-v1", "seed": 1, "learning_rate": 0.01}, one_eval)
     c = run("grpo", {"algo": "grpo", "task": "chain_sum", "seed": 1, "kl_coef": 0.0}, one_eval)
+    a2 = run("ppo2", {"algo": "ppo", "env": "CartPole-v1", "seed": 1, "clip_coef": 0.2, "learning_rate": 0.01}, one_eval)
     labels = sorted(group_runs([a, b, c]))
-    # learning_rate differs but grpo has none: listed only where every run has it.
+    # Different algorithms differ in many settings; their labels list none (the legend once
+    # squeezed the axes into a strip). Two ppo runs on one env are told apart by what differs.
     assert labels == ["grpo chain_sum [1 seed]", "ppo CartPole-v1 [1 seed]", "reinforce CartPole-v1 [1 seed]"]
-    assert sorted(group_runs([a, b])) == ["ppo CartPole-v1 (learning_rate=0.001) [1 seed]",
-                                          "reinforce CartPole-v1 (learning_rate=0.01) [1 seed]"]
+    assert sorted(group_runs([a, a2, b])) == ["ppo CartPole-v1 (learning_rate=0.001) [1 seed]",
+                                              "ppo CartPole-v1 (learning_rate=0.01) [1 seed]",
+                                              "reinforce CartPole-v1 [1 seed]"]
     drawn = []
     real_plot = Axes.plot
 
@@ -145,3 +148,31 @@ def test_plot_labels_name_only_settings_every_run_has(tmp_path, monkeypatch, cap
     monkeypatch.setattr(Axes, "plot", recorded_plot)
     assert main(["plot", str(a), "-o", str(tmp_path / "one.png")]) == 0
     assert drawn == [(1, "o")]  # one evaluation is a dot; a line through one point draws nothing
+
+
+def test_plot_leaves_out_a_seed_with_nothing_logged_and_names_each_quantity(tmp_path, capsys):
+    import yaml
+    from matplotlib.axes import Axes
+
+    evals = [{"step": s, "wall": s, "eval/mean_return": 10.0 * s} for s in range(1, 4)]
+    seed1 = fake_run(tmp_path / "s1", "ppo", evals)
+    seed2 = fake_run(tmp_path / "s2", "ppo", [])  # just started
+    config = yaml.safe_load((seed2 / "config.yaml").read_text())
+    (seed2 / "config.yaml").write_text(yaml.safe_dump({**config, "seed": 2}))
+    assert main(["plot", str(seed1), str(seed2), "-o", str(tmp_path / "p.png")]) == 0
+    assert f"{seed2}: nothing logged yet, left out" in capsys.readouterr().err
+
+    training = fake_run(tmp_path / "dqn", "dqn", [{"step": s, "wall": s, "charts/episodic_return": 5.0 * s}
+                                                  for s in range(1, 4)])
+    labels = []
+    real_legend = Axes.legend
+
+    def recorded(self, *args, **kw):
+        labels.extend(line.get_label() for line in self.get_lines())
+        return real_legend(self, *args, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Axes, "legend", recorded):
+        assert main(["plot", str(seed1), str(training), "-o", str(tmp_path / "q.png")]) == 0
+    assert sorted(labels) == ["dqn ? [1 seed]: charts/episodic_return", "ppo ? [1 seed]: eval/mean_return"]

@@ -90,16 +90,24 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     keyed: dict[str, list[Path]] = defaultdict(list)
     for d, cfg in configs.items():
         keyed[json.dumps({k: v for k, v in cfg.items() if k not in NOT_A_SETTING}, sort_keys=True, default=str)].append(d)
-    settings = [json.loads(k) for k in keyed]
-    # Only settings every run has: runs of different algorithms would otherwise list every field
-    # one of them lacks, a legend of hundreds of characters.
-    shared = set.intersection(*(set(s) for s in settings)) if settings else set()
-    varying = sorted({k for k in shared if any(s[k] != o[k] for s in settings for o in settings)} - {"algo", "env", "task"})
+    def subject(s: dict[str, Any]) -> str:
+        return f"{s.get('algo', '?')} {s.get('env') or s.get('task', '?')}"
+
+    # A label names what sets its group apart from the groups of the same algorithm and env only:
+    # a ppo run and a dqn run differ in gamma, learning rate and a dozen more fields, and listing
+    # them all made a legend of hundreds of characters that squeezed the axes into a strip.
+    by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for k in keyed:
+        by_subject[subject(json.loads(k))].append(json.loads(k))
+    varying: dict[str, list[str]] = {}
+    for name, settings in by_subject.items():
+        shared = set.intersection(*(set(s) for s in settings))
+        varying[name] = sorted({k for k in shared if any(s[k] != o[k] for s in settings for o in settings)})
     groups: dict[str, list[Path]] = {}
     for key, dirs in keyed.items():
         s = json.loads(key)
-        label = f"{s.get('algo', '?')} {s.get('env') or s.get('task', '?')}"
-        extra = ", ".join(f"{k}={s.get(k)}" for k in varying)
+        label = subject(s)
+        extra = ", ".join(f"{k}={s.get(k)}" for k in varying[label])
         # Copies of one seed (a folder plotted twice, a rerun) are runs, not seeds.
         seeds = len({configs[d].get("seed") for d in dirs})
         unit = "seed" if seeds == len(dirs) else "run"
@@ -128,8 +136,15 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn: set[tuple[str, str]] = set()
+    lines = []
     for label, members in group_runs(dirs).items():
         logs = [read_metrics(d) for d in members]
+        if any(logs) and not all(logs):
+            # A seed that has logged nothing yet (just started) must not hide the seeds that have.
+            for d, rows in zip(members, logs):
+                if not rows:
+                    print(f"rung: {d}: nothing logged yet, left out of {label}", file=sys.stderr)
+            logs = [rows for rows in logs if rows]
         found = curve_for(logs)
         if found is None:
             print(f"rung: {label}: left out, nothing that every run of it logged can be drawn "
@@ -143,8 +158,12 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, x: str = "step") -> P
         grid = np.linspace(start, end, 200) if end > start else np.array([end])
         ys = np.stack([np.interp(grid, cx, cy) for cx, cy in curves])
         line, = ax.plot(grid, ys.mean(0), marker="o" if len(grid) == 1 else None, label=label)  # one point: a dot
+        lines.append((line, label, key))
         if len(curves) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    if len({k for _, _, k in lines}) > 1:  # an evaluation return beside a training return: say which is which
+        for line, label, key in lines:
+            line.set_label(f"{label}: {key}")
     if not drawn:
         plt.close(fig)
         raise UserError(f"nothing to plot: no run in {', '.join(map(str, dirs))} has logged an evaluation, "
