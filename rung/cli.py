@@ -101,7 +101,7 @@ def _type_name(tp: Any) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
-    from rung.config import BaseConfig, field_docs
+    from rung.config import BaseConfig, field_docs, literal_choices
 
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -119,8 +119,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any) 
             group.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
+            choices = literal_choices(tp)
+            one_of = f"; one of {', '.join(map(str, choices))}" if choices else ""
             group.add_argument(flag, type=_converter(f.name, tp), default=argparse.SUPPRESS,
-                               metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {shown})")
+                               metavar=f.name.upper(), help=f"{docs.get(f.name, '')} (default: {shown}{one_of})")
 
 
 def _reject_unknown(unknown: list[str], cls: type) -> None:
@@ -422,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             close = difflib.get_close_matches(command, list(COMMANDS), n=1)
             raise UserError(f"unknown command {command!r}" + (f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(COMMANDS)}"))
         return COMMANDS[command](argv[1:])
+    except KeyboardInterrupt:  # training handles its own (it says how to resume); the others have nothing to keep
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"rung: error: {e}", file=sys.stderr)
         return 2

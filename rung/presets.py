@@ -6,6 +6,8 @@ recipe READMEs under recipes/."""
 
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,5 +92,7 @@ def for_env(algo: str, env: str) -> Preset | None:
 
 def get(name: str) -> Preset:
     if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see 'rung list')")
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        raise UserError(f"unknown preset {name!r}; " + (f"did you mean {close[0]}?" if close else
+                                                        f"choose one of: {', '.join(PRESETS)} (see 'rung list')"))
     return PRESETS[name]

@@ -22,6 +22,7 @@ def run_cli(capsys, *argv):
     (["train", "sac", "--env", "Pendulum-v1", "--preset", "none", "--total-timesteps", "200"], "--batch-size 256"),
     (["train", "ppo", "--env", "CartPol-v1"], "did you mean CartPole-v1"),
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--preset", "cartpol-ppo"], "did you mean cartpole-ppo?"),
     (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
     (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a finite number"),
     (["train", "ppo", "--learning-rate", "inf"], "--learning-rate expects a finite number"),
@@ -157,6 +158,7 @@ def test_help_lists_flags_with_their_docs(capsys):
     code, out, _ = run_cli(capsys, "train", "ppo", "--help")
     assert code == 0
     assert "--learning-rate" in out and "Adam learning rate" in out and "--num-envs" in out
+    assert "one of tanh, relu," in out  # a choice flag names its choices
 
 
 def test_list_shows_algorithms_and_presets(capsys):
@@ -441,3 +443,14 @@ def test_eval_prints_the_success_rate_of_goal_envs(capsys, tmp_path, monkeypatch
         "std_return": 0.5, "success_rate": 0.9})
     code, out, _ = run_cli(capsys, "eval", str(d), "--episodes", "2")
     assert code == 0 and "over 2 episodes, success rate 0.90" in out
+
+
+def test_ctrl_c_outside_training_is_one_line_and_exit_130(capsys, monkeypatch):
+    from rung import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "plot", interrupted)
+    code, _, err = run_cli(capsys, "plot", "x", "-o", "y.png")
+    assert code == 130 and err.strip() == "interrupted"
