@@ -409,7 +409,9 @@ class Run:
     # -- logging -------------------------------------------------------------------------------
 
     def log(self, iteration: int, step: int, metrics: dict[str, Any], episode_returns: list[float],
-            episode_lengths: list[int], sps: float) -> None:
+            episode_lengths: list[int], sps: float, progress_value: float | None = None) -> None:
+        """Log one iteration's metrics; the progress line shows the recent episodes' mean return,
+        or `progress_value` for runs without episodes (a language model's mean reward)."""
         if episode_returns:
             metrics["charts/episodic_return"] = float(np.mean(episode_returns))
             metrics["charts/episodic_length"] = float(np.mean(episode_lengths))
@@ -418,7 +420,7 @@ class Run:
         metrics["sys/rss_mb"] = rss_mb()
         if iteration % self.cfg.log_every == 0:
             self.logger.log(step, self.wall, metrics)
-        ret = float(np.mean(self._recent_returns)) if self._recent_returns else None
+        ret = float(np.mean(self._recent_returns)) if self._recent_returns else progress_value
         self.logger.progress(step, ret, sps)
 
     # -- evaluation ----------------------------------------------------------------------------

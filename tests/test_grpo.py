@@ -350,3 +350,12 @@ def test_rung_eval_samples_at_temperature_zero_agree_with_greedy(tmp_path, capsy
     assert "pass@6" in capsys.readouterr().out
     assert main(["eval", run, "--temperature", "1.0"]) == 2
     assert "--temperature is for --samples K" in capsys.readouterr().err
+
+
+def test_progress_lines_show_the_training_reward_in_samples_per_second(tmp_path, monkeypatch, capsys):
+    from rung.logging import logger as logger_module
+
+    monkeypatch.setattr(logger_module, "PLAIN_EVERY_S", 0.0)
+    grpo.train(tiny_cfg(tmp_path / "run", total_steps=2))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ") and "of 2" in line]
+    assert lines and all(" reward " in line and line.endswith("samples/s") for line in lines), lines

@@ -263,7 +263,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
 
         metrics = {**stats, **drawn, "llm/tokens": float(counts[0]),
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
-        run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
+        run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update), progress_value=metrics["llm/reward_mean"])
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
         run.maybe_checkpoint(step, step, modules)
 

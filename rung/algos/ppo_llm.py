@@ -195,7 +195,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                    "llm/value_mean": float(sel_values.mean()) if sel_values.numel() else 0.0,
                    "llm/kl": float(kl.sum(-1).mean()), "llm/tokens": float(rollout_tokens),
                    "llm/samples_per_s": B / (t_rollout + t_update), "time/rollout": t_rollout, "time/update": t_update}
-        run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update))
+        run.log(step, step, metrics, [], [], sps=B / (t_rollout + t_update), progress_value=metrics["llm/reward_mean"])
         held_out.maybe(step, cfg.total_steps, f"train reward {metrics['llm/reward_mean']:.3f}")
         run.maybe_checkpoint(step, step, modules)
 
