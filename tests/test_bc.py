@@ -156,6 +156,22 @@ def test_early_stopping_stops_when_validation_loss_turns_and_keeps_the_best(tmp_
     assert all(torch.equal(v, again.agent.state_dict()[k]) for k, v in result.agent.state_dict().items())
 
 
+def test_a_finished_run_extended_with_more_epochs_equals_an_uninterrupted_one(tmp_path, datasets):
+    # The finished run's agent holds the kept (best) weights; training on must start from the last
+    # epoch's, with the optimiser state that goes with them.
+    # Seed 3: the 5-epoch run keeps epoch 4, the 8-epoch run epoch 8.
+    module, longer = make("bc-continuous", datasets, tmp_path / "long", epochs=8, patience=0, eval_every=0,
+                          learning_rate=0.02, seed=3)
+    ref = module.train(longer)
+    short = dataclasses.replace(longer, epochs=5, run_dir=str(tmp_path / "short"))
+    assert module.train(short).summary["best_validation_epoch"] < 5 < ref.summary["best_validation_epoch"]
+    extended = module.train(dataclasses.replace(short, epochs=8), resume=True)
+    assert extended.summary["best_validation_epoch"] == ref.summary["best_validation_epoch"]
+    assert extended.summary["best_validation_loss"] == ref.summary["best_validation_loss"]
+    ref_state = ref.agent.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in extended.agent.state_dict().items() if isinstance(v, torch.Tensor))
+
+
 def test_best_checkpoint_is_the_clone_early_stopping_kept(tmp_path, datasets):
     # --init-from, collect and policy_from_run load best.pt: it must be the weights bc reports
     # it kept, not an early epoch that happened to evaluate highest in the env.

@@ -95,7 +95,8 @@ def measure_mixed(a: argparse.Namespace, out: Path) -> dict[str, Any]:
                             eval_every=max(a.td3_bc_steps // 10, 1), eval_episodes=10,
                             run_dir=str(out / f"td3_bc_seed{seed}"))
         td3_dir = td3_bc.train(cfg, force=True).run_dir
-        # Both final policies: bc's "best" would be picked by its env evaluations, td3_bc's is its last.
+        # Both final policies: bc's latest.pt holds the clone early stopping kept (as its best.pt
+        # does), td3_bc's its last weights (its best.pt is picked by env evaluations).
         b = float(paired_returns(a.env, demos.policy_from_run(bc_runs[seed], "latest")[1], a.eval_episodes).mean())
         t = float(paired_returns(a.env, demos.policy_from_run(td3_dir, "latest")[1], a.eval_episodes).mean())
         rows.append({"seed": seed, "bc": b, "td3_bc": t})

@@ -171,6 +171,9 @@ class EarlyStopping:
         self.patience = patience
         self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
         self.best_weights: dict[str, torch.Tensor] | None = None
+        # The last epoch's weights, kept by a finished run whose agent then holds the best ones:
+        # a resume with more --epochs trains on from these, as an uninterrupted run would.
+        self.last_weights: dict[str, torch.Tensor] | None = None
         self.stopped = False
 
     def update(self, loss: float, epoch: int, agent: torch.nn.Module) -> None:
@@ -184,11 +187,12 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
-                "best_weights": self.best_weights, "stopped": self.stopped}
+                "best_weights": self.best_weights, "last_weights": self.last_weights, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
         self.best_weights, self.stopped = state["best_weights"], state["stopped"]
+        self.last_weights = state.get("last_weights")  # checkpoints before 2026-11-28 have none
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
@@ -225,6 +229,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     modules = {"agent": agent, "optimizer": opt, "early_stopping": early}
 
     start, step = run.restore(modules, envs)
+    if early.last_weights is not None:  # a finished run, extended: go on from its last epoch
+        agent.load_state_dict(early.last_weights)
+        early.last_weights = None  # later checkpoints hold the weights being trained
     if start == 0:
         run.logger.info(f"{data.num_episodes} episodes ({len(data):,} steps, mean return {data.mean_return:.2f}); "
                         f"training on {train_set.num_episodes}, validating on {val_set.num_episodes if val_set else 0}")
@@ -265,6 +272,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             break
 
     if early.best_weights is not None:
+        early.last_weights = copy.deepcopy(agent.state_dict())
         agent.load_state_dict(early.best_weights)
         run.logger.info(f"kept the weights of epoch {early.best_epoch} (validation loss {early.best:.4f})")
     result = run.finish(agent, envs, completed, step, modules)
