@@ -31,7 +31,7 @@ import yaml
 
 import rung
 from rung import checkpoint, seeding
-from rung.config import BaseConfig, to_dict
+from rung.config import BaseConfig, flag, to_dict
 from rung.distributed import ddp
 from rung.envs.make import make_env
 from rung.errors import UserError
@@ -204,16 +204,16 @@ def refuse_on_resume(saved: dict[str, Any], cfg: BaseConfig, step: int) -> None:
     env, or a budget the checkpoint has already passed."""
     for name in ITERATION_FIELDS:
         if name in saved and hasattr(cfg, name) and getattr(cfg, name) != saved[name]:
-            flag = f"--{name.replace('_', '-')}"
-            raise UserError(f"{flag} {getattr(cfg, name)} against the checkpoint's {saved[name]}: the checkpoint counts "
-                            f"loop iterations, which {flag} sizes; resume with {flag} {saved[name]} or start a new run")
+            given = f"--{flag(name)}"
+            raise UserError(f"{given} {getattr(cfg, name)} against the checkpoint's {saved[name]}: the checkpoint counts "
+                            f"loop iterations, which {given} sizes; resume with {given} {saved[name]} or start a new run")
     if "env" in saved and getattr(cfg, "env", saved["env"]) != saved["env"]:
         raise UserError(f"--env {cfg.env} against the checkpoint's {saved['env']}: a resumed run goes on in the env it "
                         f"trained in; start a new run for {cfg.env}")
     # sft over a dataset counts its steps from --epochs; bc has no step budget (budget 0).
     if 0 < cfg.budget < step and not getattr(cfg, "epochs", 0):
         name = "total_timesteps" if hasattr(cfg, "total_timesteps") else "total_steps"
-        raise UserError(f"--{name.replace('_', '-')} {cfg.budget:,} is below the checkpoint's step {step:,}: a resumed "
+        raise UserError(f"--{flag(name)} {cfg.budget:,} is below the checkpoint's step {step:,}: a resumed "
                         f"run goes on from there; give at least {step:,}")
 
 

@@ -118,6 +118,11 @@ class ReplayBuffer:
         """Transitions stored."""
         return (self.rows if self.full else self.pos) * self.num_envs
 
+    @property
+    def capacity(self) -> int:
+        """Transitions it holds when full (the asked-for size rounded down to whole rows of envs)."""
+        return self.rows * self.num_envs
+
     def add(self, obs: Obs, actions: torch.Tensor, rewards: torch.Tensor, next_obs: Obs, terminated: torch.Tensor,
             done: torch.Tensor | None = None) -> int:
         """Store one step of every env (leading dimension num_envs); returns the row written.
@@ -191,7 +196,7 @@ def make_buffer(cfg: Any, env: Any, device: torch.device | str, seed: int,
     `log` (a callable taking a line) is told what it allocated."""
     buffer = _make_buffer(cfg, env, device, seed)
     if log is not None:
-        log(f"replay buffer: {buffer.rows * buffer.num_envs:,} transitions, {buffer.nbytes / 2**20:,.1f} MiB on {buffer.device}"
+        log(f"replay buffer: {buffer.capacity:,} transitions, {buffer.nbytes / 2**20:,.1f} MiB on {buffer.device}"
             + (f", HER ({cfg.her_strategy}, {cfg.her_n_sampled_goal} goals per real one)" if cfg.her else ""))
     return buffer
 
@@ -203,7 +208,7 @@ def fill_before_updates(cfg: Any, start: int, buffer: ReplayBuffer, log: Any = N
     hundred transitions of one or two episodes, as many times over as the update rate allows."""
     if not start or len(buffer):
         return cfg.batch_size
-    need = min(max(cfg.learning_starts, cfg.batch_size), buffer.rows * buffer.num_envs)
+    need = min(max(cfg.learning_starts, cfg.batch_size), buffer.capacity)
     if log is not None:
         log(f"the checkpoint holds no replay buffer (--save-buffer keeps it): {need:,} fresh transitions are gathered "
             "before updates resume")

@@ -96,16 +96,17 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     # A label names what sets its group apart from the groups of the same algorithm and env only:
     # a ppo run and a dqn run differ in gamma, learning rate and a dozen more fields, and listing
     # them all made a legend of hundreds of characters that squeezed the axes into a strip.
+    parsed = {k: json.loads(k) for k in keyed}
     by_subject: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for k in keyed:
-        by_subject[subject(json.loads(k))].append(json.loads(k))
+    for s in parsed.values():
+        by_subject[subject(s)].append(s)
     varying: dict[str, list[str]] = {}
     for name, settings in by_subject.items():
         shared = set.intersection(*(set(s) for s in settings))
         varying[name] = sorted({k for k in shared if any(s[k] != o[k] for s in settings for o in settings)})
     groups: dict[str, list[Path]] = {}
     for key, dirs in keyed.items():
-        s = json.loads(key)
+        s = parsed[key]
         label = subject(s)
         extra = ", ".join(f"{k}={s.get(k)}" for k in varying[label])
         # Copies of one seed (a folder plotted twice, a rerun) are runs, not seeds.
