@@ -528,13 +528,20 @@ class Run:
                modules: dict[str, Any]) -> TrainResult:
         self.save(iteration, step, modules, envs)
         summary: dict[str, Any] = {}
+        st = self.eval_state
+        newly_solved = False
         if self.dist.is_main:
             successes: list[float] = []
             returns = self._evaluate(agent, envs, FINAL_ROUND, successes)
-            st = self.eval_state
             mean = float(np.mean(returns))
             if self._solved(mean, successes) and st["solved_at_step"] is None:
                 st["solved_at_step"], st["solved_at_seconds"] = step, round(self.wall, 2)
+                newly_solved = True
+        if ddp.broadcast_object(newly_solved):
+            # The checkpoint above predates the mark; without it a run extended with --resume
+            # would read as unsolved and mark a later step.
+            self.save(iteration, step, modules, envs)
+        if self.dist.is_main:
             if not self.best_by_eval:
                 self._save_best(agent, envs, step, mean)
             summary = {

@@ -239,3 +239,16 @@ def test_evaluation_by_a_cpu_copy_of_the_policy_scores_as_the_policy_itself(tmp_
         return [r["eval/mean_return"] for r in rows if "eval/mean_return" in r]
 
     assert len(evals("own")) >= 2 and evals("own") == evals("copy")
+
+
+def test_a_run_solved_at_its_final_evaluation_stays_solved_when_extended(tmp_path):
+    """The final evaluation comes after the last checkpoint is written: the mark it sets must
+    reach the checkpoint, or --resume with a larger budget would report the later step."""
+    from rung.algos import ppo
+
+    cfg = ppo.Config(env="CartPole-v1", num_envs=2, num_steps=32, total_timesteps=128, eval_every=0, eval_episodes=2,
+                     target_return=1.0, run_dir=str(tmp_path / "run"))
+    assert ppo.train(cfg).summary["solved_at_step"] == 128
+    longer = dataclasses.replace(cfg, total_timesteps=256)
+    summary = ppo.train(longer, resume=True).summary
+    assert summary["total_timesteps"] == 256 and summary["solved_at_step"] == 128
