@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import difflib
 import errno
-import math
 import os
 import re
 import sys
@@ -78,10 +77,8 @@ def _converter(name: str, tp: Any):
                 return text
             if base is int:
                 return int(float(text)) if "e" in text.lower() and float(text).is_integer() else int(text)
-            value = base(text)
-            if base is float and not math.isfinite(value):
-                raise ValueError  # inf and nan pass float() and every "> 0" check, then poison the run
-            return value
+            # inf and nan parse here; BaseConfig.validate refuses them for every field.
+            return base(text)
         except ValueError:
             expected = _type_name(tp)
             raise UserError(f"--{name.replace('_', '-')} expects {expected}, got {text!r}") from None
@@ -439,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if e.filename is None or e.strerror is None:
             raise
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):
+            # mkdir of a folder where a file stands says "File exists", which reads as the cure.
+            what = f"{e.filename} is" if e.errno == errno.EEXIST else f"{e.filename}: a part of this path is"
+            print(f"rung: error: {what} a file, not a folder; choose another path", file=sys.stderr)
+            return 2
         print(f"rung: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
 

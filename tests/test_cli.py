@@ -25,8 +25,8 @@ def run_cli(capsys, *argv):
     (["train", "--preset", "cartpol-ppo"], "did you mean cartpole-ppo?"),
     (["train", "ppo", "--learning-rate", "-1"], "--learning-rate must be > 0"),
     (["train", "ppo", "--learning-rate", "fast"], "--learning-rate expects a finite number"),
-    (["train", "ppo", "--learning-rate", "inf"], "--learning-rate expects a finite number"),
-    (["train", "ppo", "--ent-coef", "nan"], "--ent-coef expects a finite number"),
+    (["train", "ppo", "--learning-rate", "inf"], "--learning-rate must be a finite number, got inf"),
+    (["train", "ppo", "--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
     (["train", "ppo", "--vf-coef", "-1"], "--vf-coef must be >= 0"),
     (["train", "ppo", "--target-kl", "-0.1"], "--target-kl must be > 0"),
     (["train", "ppo", "--num-envs", "0"], "--num-envs must be > 0"),
@@ -360,11 +360,13 @@ def test_resuming_a_finished_run_logs_its_final_evaluation_once(capsys, tmp_path
 def test_unwritable_paths_and_a_full_disk_are_one_line(capsys, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("in the way")
     code, _, err = run_cli(capsys, "train", "--run-dir", str(tmp_path / "file" / "sub"), "--total-timesteps", "256")
-    assert code == 2 and err.count("\n") == 1 and "Not a directory" in err
+    assert code == 2 and err.count("\n") == 1 and "a part of this path is a file, not a folder" in err
     d = tmp_path / "r"
     assert run_cli(capsys, "train", "--run-dir", str(d), "--total-timesteps", "256", "--eval-every", "0")[0] == 0
     code, _, err = run_cli(capsys, "plot", str(d), "-o", str(tmp_path / "file" / "p.png"))
-    assert code == 2 and err.count("\n") == 1 and "/file" in err
+    assert code == 2 and err.count("\n") == 1 and f"{tmp_path / 'file'} is a file, not a folder" in err
+    code, _, err = run_cli(capsys, "plot", str(d), "-o", str(tmp_path / "file" / "sub" / "p.png"))
+    assert code == 2 and err.count("\n") == 1 and "a part of this path is a file" in err
 
     import errno
 
