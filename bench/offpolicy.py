@@ -1,7 +1,7 @@
 """rung SAC against Stable-Baselines3 SAC, same hyperparameters, same run.
 
-    python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about 75 min on 2 cores
-    python bench/offpolicy.py --seeds 1 --skip-cheetah --precisions bf16-mixed
+    python bench/offpolicy.py                       # 3 Pendulum seeds each + HalfCheetah; about two hours on 2 cores
+    python bench/offpolicy.py --seeds 1 --skip-cheetah --precisions bf16-mixed --compile on
     python bench/offpolicy.py --device cuda --seeds 1 --steps 3000 --skip-cheetah   # on a GPU (bench/gpu_check.sh)
 
 (a) Pendulum-v1, RL Zoo's SAC settings (rung's pendulum-sac preset): 20k steps, learning rate
@@ -11,7 +11,10 @@
     stepping, updates and logging, no evaluation), and the final return (10 deterministic
     episodes). Then medians, the rung/SB3 ratios, and whether rung's final returns lie within
     the spread of SB3's seeds. rung runs once per --precisions entry: float32, as SB3 computes,
-    and bf16-mixed (its updates' matrix products in bfloat16, everything else float32).
+    and bf16-mixed (its updates' matrix products in bfloat16, everything else float32); and each
+    of those eager, compiled (`--compile`: each gradient step one torch.compile'd graph), or both.
+    A compiled run's clock includes its compile time (seconds with inductor's on-disk cache warm,
+    longer on the machine's first compile).
 (b) HalfCheetah-v5, SAC's default settings (learning rate 3e-4, the rest as above), 10k steps with
     one gradient step per env step after 100 random ones: env steps per second.
 
@@ -63,19 +66,20 @@ def sb3_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu") 
             "updates": int(model._n_updates), "steps": steps, "final_return": float(np.mean(returns))}
 
 
-def rung_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu", precision: str = "float32") -> dict:
+def rung_sac(env_id: str, seed: int, steps: int, lr: float, device: str = "cpu", precision: str = "float32",
+             compile: bool = False) -> dict:
     from rung.algos import sac
     from rung.logging import read_metrics
 
     cfg = sac.Config(env=env_id, seed=seed, total_timesteps=steps, learning_rate=lr, learning_starts=100, batch_size=256,
                      buffer_size=1_000_000, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, eval_every=0,
-                     precision=precision, device=device,
+                     precision=precision, device=device, compile=compile,
                      log_every=steps, eval_episodes=EVAL_EPISODES, run_dir=tempfile.mkdtemp(prefix="rung-offpolicy-"))
     result = sac.train(cfg)
     # The log line at the last step is written before the final evaluation: its wall-clock and
     # update count cover the training loop alone.
     last = [r for r in read_metrics(result.run_dir) if "charts/updates" in r][-1]
-    return {"framework": "rung", "precision": precision, "seed": seed, "wall": last["wall"], "updates": int(last["charts/updates"]),
+    return {"framework": "rung", "precision": precision, "compile": compile, "seed": seed, "wall": last["wall"], "updates": int(last["charts/updates"]),
             "steps": steps, "final_return": result.summary["eval_mean_return"]}
 
 
@@ -95,6 +99,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                    help="rung's runs, one per precision (SB3 runs in float32)")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both",
+                   help="rung's runs with the eager update, the compiled one (sac --compile), or each precision both ways")
     p.add_argument("--cheetah-steps", type=int, default=10_000)
     p.add_argument("--skip-cheetah", action="store_true")
     p.add_argument("--device", default="cpu", help="both frameworks' networks and updates (default cpu)")
@@ -103,12 +109,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--lr", type=float, default=1e-3, help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=PRECISIONS, default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
     if a.child:
-        extra = {} if a.child == "sb3" else {"precision": a.precision}
+        extra = {} if a.child == "sb3" else {"precision": a.precision, "compile": a.compiled}
         fn = sb3_sac if a.child == "sb3" else rung_sac
         print("RESULT " + json.dumps(fn(a.env, a.seed, a.steps, a.lr, a.device, **extra)), flush=True)
         return
@@ -119,19 +126,21 @@ def main() -> None:
     # One label per framework and precision; each runs every seed in turn, so machine noise over
     # the bench's hour falls on all of them alike.
     runs = {"sb3": ["--child", "sb3", "--device", a.device],
-            **{f"rung {pr}": ["--child", "rung", "--precision", pr, "--device", a.device] for pr in a.precisions}}
+            **{f"rung {pr}{' compiled' if c else ''}": ["--child", "rung", "--precision", pr, "--device", a.device,
+                                                         *(["--compiled"] if c else [])]
+               for pr in a.precisions for c in {"off": [False], "on": [True], "both": [False, True]}[a.compile]}}
     rows: dict[str, list[dict]] = {label: [] for label in runs}
     for seed in a.seeds:
         for label, flags in runs.items():
             r = child([*flags, "--env", "Pendulum-v1", "--seed", str(seed), "--steps", str(a.steps), "--lr", "1e-3"])
             rows[label].append(r)
-            print(f"  {label:>15} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} "
+            print(f"  {label:>24} seed {seed}: {r['updates'] / r['wall']:7.1f} updates/s  {r['steps'] / r['wall']:7.1f} "
                   f"steps/s  final return {r['final_return']:8.1f}  ({r['wall']:.0f} s)", flush=True)
     med = {label: {"ups": statistics.median(r["updates"] / r["wall"] for r in rs),
                    "sps": statistics.median(r["steps"] / r["wall"] for r in rs),
                    "ret": statistics.median(r["final_return"] for r in rs)} for label, rs in rows.items()}
     for label, m in med.items():
-        print(f"  median {label:>15}: {m['ups']:.1f} updates/s, {m['sps']:.1f} steps/s, final return {m['ret']:.1f}")
+        print(f"  median {label:>24}: {m['ups']:.1f} updates/s, {m['sps']:.1f} steps/s, final return {m['ret']:.1f}")
     lo, hi = min(r["final_return"] for r in rows["sb3"]), max(r["final_return"] for r in rows["sb3"])
     print(f"  SB3 final returns span [{lo:.1f}, {hi:.1f}]")
     for label in rows:
@@ -149,7 +158,7 @@ def main() -> None:
         for label, flags in runs.items():
             r = child([*flags, "--env", "HalfCheetah-v5", "--seed", "1", "--steps", str(a.cheetah_steps), "--lr", "3e-4"])
             cheetah[label] = r
-            print(f"  {label:>15}: {r['steps'] / r['wall']:.1f} steps/s ({r['wall']:.0f} s, {r['updates']:,} updates)",
+            print(f"  {label:>24}: {r['steps'] / r['wall']:.1f} steps/s ({r['wall']:.0f} s, {r['updates']:,} updates)",
                   flush=True)
         sb3 = cheetah["sb3"]["steps"] / cheetah["sb3"]["wall"]
         for label, r in cheetah.items():

@@ -83,8 +83,9 @@ class RunConfig(BaseConfig):
     total_timesteps: int = 100_000
     """Environment steps to train for, summed over all envs (and all processes under torchrun)."""
     compile: bool = False
-    """torch.compile the batched env's step and the networks; the first iterations pay the compile
-    time (measured in bench/batched.py; on CPU it has not paid for itself)."""
+    """torch.compile the batched env's step and the networks (on-policy algorithms), or each gradient
+    step as one graph (sac); the first iterations pay the compile time (measured in bench/batched.py
+    and bench/offpolicy.py)."""
     eval_every: int = 10_000
     """Evaluate the deterministic policy every this many env steps (0 disables periodic evaluation)."""
     eval_episodes: int = 10
@@ -221,6 +222,9 @@ class OffPolicyConfig(RunConfig):
     """The knobs every replay-based algorithm shares (DQN, DDPG, TD3, SAC). An iteration is one
     step of all envs, so log_every and checkpoint_every count env steps per env here."""
 
+    # Not a field: whether the algorithm has a compiled update for --compile.
+    compiled_update = False
+
     num_envs: int = 1
     """Parallel environments; each iteration steps all of them once."""
     buffer_size: int = 1_000_000
@@ -269,8 +273,8 @@ class OffPolicyConfig(RunConfig):
         in_range(self, "tau", 0.0, 1.0)
         if self.tau == 0:
             raise UserError("--tau 0 would freeze the target networks; use a value in (0, 1]")
-        if self.compile:
-            raise UserError("--compile is not supported by the off-policy algorithms; leave it off")
+        if self.compile and not self.compiled_update:
+            raise UserError("--compile is supported by sac alone among the off-policy algorithms; leave it off")
         last_step = self.total_timesteps // self.num_envs * self.num_envs
         if not hasattr(self, "dataset") and last_step < max(self.learning_starts, self.batch_size):
             # Updates start once the step count reaches learning_starts and the buffer holds a

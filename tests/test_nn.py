@@ -35,3 +35,34 @@ def test_actor_critic_act_and_evaluate_agree():
         torch.testing.assert_close(logp, logp2)
         torch.testing.assert_close(value, value2)
         assert ent.shape == (7,)
+
+
+def test_adam_step_written_out_equals_torch_adam_and_shares_its_state():
+    """adam_step_ (the compiled SAC update's optimiser) moves weights as torch's fused Adam does,
+    on the same state tensors: steps by either one can alternate, and the state_dict is torch's."""
+    from rung.nn.optim import adam, adam_state, adam_step_
+
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    ref_opt, my_opt = adam(ref, 1e-2), adam(mine, 1e-2)
+    grads = [[torch.randn_like(p) for p in ref] for _ in range(4)]
+    for i, g in enumerate(grads):
+        for p, gi in zip(ref, g):
+            p.grad = gi
+        ref_opt.step()
+        if i == 2:  # torch's own step on the state adam_state made
+            for p, gi in zip(mine, g):
+                p.grad = gi
+            my_opt.step()
+        else:
+            group = my_opt.param_groups[0]
+            with torch.no_grad():
+                adam_step_(adam_state(my_opt), g, group["lr"], group["betas"], group["eps"])
+    for p, q in zip(ref, mine):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    a, b = ref_opt.state_dict()["state"], my_opt.state_dict()["state"]
+    for i in a:
+        assert a[i].keys() == b[i].keys() and float(b[i]["step"]) == 4
+        for k in a[i]:
+            torch.testing.assert_close(a[i][k], b[i][k], rtol=1e-6, atol=1e-7)

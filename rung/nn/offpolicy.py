@@ -139,8 +139,11 @@ class SquashedGaussianActor(nn.Module):
         self.register_buffer("scale", (high - low) / 2)
         self.register_buffer("bias", (high + low) / 2)
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action in the env's box, log-prob of the squashed action), reparameterised."""
+    def forward(self, obs: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action in the env's box, log-prob of the squashed action), reparameterised. `noise` is
+        the standard normal draw, where the caller draws it (a compiled update draws outside the
+        graph so that its samples are eager's); by default it is drawn here."""
         h = self.body(obs)
         mean = self.mean(h).float()  # a no-op unless under bf16 autocast
         if deterministic:
@@ -148,7 +151,7 @@ class SquashedGaussianActor(nn.Module):
             logp = torch.zeros(mean.shape[:-1], device=mean.device)
         else:
             log_std = self.log_std(h).float().clamp(LOG_STD_MIN, LOG_STD_MAX)
-            eps = torch.randn_like(mean)
+            eps = torch.randn_like(mean) if noise is None else noise
             u = mean + log_std.exp() * eps
             # log N(u) - sum log(1 - tanh(u)^2), the latter written stably as
             # 2 * (log 2 - u - softplus(-2u)).
