@@ -452,9 +452,10 @@ class Run:
         from rung.envs.batched import PREFIX
 
         small = sum(p.numel() for p in agent.parameters()) <= CPU_EVAL_MAX_PARAMS
-        # A compiled network would be compiled again for the CPU copy, at seconds a time.
-        return (self.device.type == "cuda" and self.cfg.env.startswith(PREFIX) and small
-                and not getattr(self.cfg, "compile", False))
+        # A compiled network would be compiled again for the CPU copy, at seconds a time (sac's
+        # --compile compiles its update, not the networks).
+        compiled_networks = getattr(self.cfg, "compile", False) and not getattr(self.cfg, "compiled_update", False)
+        return self.device.type == "cuda" and self.cfg.env.startswith(PREFIX) and small and not compiled_networks
 
     def maybe_evaluate(self, agent: torch.nn.Module, envs: VecEnv, step_before: int, step: int) -> None:
         every = self.cfg.eval_every

@@ -188,12 +188,15 @@ def compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, alpha_o
         # uncompiled (inductor's own generator draws other numbers).
         noise, next_noise = torch.randn_like(b.actions), torch.randn_like(b.actions)
         o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
-        ref_action = None
-        if init_policy is not None:
+        # As in the eager loop, no behaviour-cloning term once its weight is 0 (the graph for that
+        # case compiles once, when a decaying weight reaches it).
+        ref_action = coef = None
+        if reg_coef > 0:
             with torch.no_grad():
                 ref_action = unit_action(init_policy.actor, init_policy.obs_norm(b.obs))
-        return compiled(o, o_next, b.actions, b.rewards, b.terminated, noise, next_noise, ref_action,
-                        torch.tensor(reg_coef, device=device), adam_state(critic_opt), adam_state(actor_opt),
+            coef = torch.tensor(reg_coef, device=device)
+        return compiled(o, o_next, b.actions, b.rewards, b.terminated, noise, next_noise, ref_action, coef,
+                        adam_state(critic_opt), adam_state(actor_opt),
                         adam_state(alpha_opt) if cfg.autotune else None, hyper(critic_opt), hyper(actor_opt),
                         hyper(alpha_opt))
 
