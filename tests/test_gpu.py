@@ -56,6 +56,19 @@ def test_off_policy_trains_on_cuda_and_evaluates_on_the_cpu(tmp_path, capsys, al
     assert "return" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("precision", ["float32", "bf16-mixed"])
+def test_sac_compiled_update_on_cuda_follows_the_eager_one(tmp_path, precision):
+    _, eager = make("sac", dict(env="Pendulum-v1", precision=precision), tmp_path / "eager", device="cuda",
+                    total_timesteps=210)
+    module, compiled = make("sac", dict(env="Pendulum-v1", precision=precision), tmp_path / "compiled",
+                            device="cuda", total_timesteps=210, compile=True)
+    a, b = (module.train(cfg).agent.state_dict() for cfg in (eager, compiled))
+    tol = 1e-5 if precision == "float32" else 1e-3
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            assert v.is_cuda and torch.allclose(v, b[k], rtol=tol, atol=tol), k
+
+
 def test_ppo_on_a_gymnasium_env_trains_on_cuda(tmp_path):
     from rung.algos import ppo
 
