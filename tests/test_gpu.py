@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rung.envs import batched
-from test_offpolicy_algos import CASES, make  # the CPU smoke tests' settings
+from test_offpolicy_algos import CASES, assert_same_updates, make  # the CPU smoke tests' settings
 
 pytestmark = pytest.mark.gpu
 
@@ -63,10 +63,8 @@ def test_sac_compiled_update_on_cuda_follows_the_eager_one(tmp_path, precision):
     module, compiled = make("sac", dict(env="Pendulum-v1", precision=precision), tmp_path / "compiled",
                             device="cuda", total_timesteps=210, compile=True)
     a, b = (module.train(cfg).agent.state_dict() for cfg in (eager, compiled))
-    tol = 1e-5 if precision == "float32" else 1e-3
-    for k, v in a.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            assert v.is_cuda and torch.allclose(v, b[k], rtol=tol, atol=tol), k
+    assert all(v.is_cuda for v in b.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert_same_updates(a, b, precision, float32_tol=1e-5)
 
 
 def test_ppo_on_a_gymnasium_env_trains_on_cuda(tmp_path):

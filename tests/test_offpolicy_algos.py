@@ -159,25 +159,38 @@ def test_mujoco_env_trains_and_films_offscreen(tmp_path, monkeypatch):
 
 COMPILED_CASES = [
     dict(env="Pendulum-v1", normalize_obs=True),
+    dict(env="Pendulum-v1", precision="bf16-mixed"),
     dict(env="Pendulum-v1", autotune=False, n_critics=3, precision="bf16-mixed"),
 ]
 
 
-@pytest.mark.parametrize("overrides", COMPILED_CASES, ids=["float32", "bf16-fixed-alpha"])
+@pytest.mark.parametrize("overrides", COMPILED_CASES, ids=["float32", "bf16", "bf16-fixed-alpha"])
 def test_sac_compiled_update_follows_the_eager_one(tmp_path, overrides):
     """--compile runs the same gradient steps as the eager loop: same order, same noise, same
-    Adam, so after 10 updates the weights agree to rounding (fused kernels sum in another order:
-    2e-7 apart in float32, 1e-4 with bfloat16 products; a step moves them by up to 1e-3). Over
-    hundreds of updates the rounding grows as any two runs' would on different hardware."""
+    Adam, so after 10 updates the weights agree to rounding (fused kernels sum in another order;
+    see assert_same_updates). Over hundreds of updates the rounding grows as any two runs' would
+    on different hardware."""
     module, eager = make("sac", overrides, tmp_path / "eager", total_timesteps=210)
     compiled = dataclasses.replace(eager, run_dir=str(tmp_path / "compiled"), compile=True)
     other_seed = dataclasses.replace(eager, run_dir=str(tmp_path / "seed2"), seed=2)
     a, b, c = (module.train(cfg).agent.state_dict() for cfg in (eager, compiled, other_seed))
+    assert_same_updates(a, b, eager.precision)
+    with pytest.raises(AssertionError):
+        assert_same_updates(a, c, eager.precision)
+
+
+def assert_same_updates(a: dict, b: dict, precision: str, float32_tol: float = 1e-6) -> None:
+    """Two agents' weights after the same few updates agree to rounding. In float32 every weight
+    does. In bfloat16 a gradient element near 0 can change sign with the rounding, and Adam's
+    early steps move such a weight by the full learning rate either way: so there, at most 0.3%
+    of the weights may lie over 1e-4 apart (seen: 0.03%; with alpha 1% off in the target, 1.4%)."""
     weights = [k for k, v in a.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    tol = 1e-6 if eager.precision == "float32" else 1e-3
-    for k in weights:
-        assert torch.allclose(a[k], b[k], rtol=tol, atol=tol), k
-    assert any(not torch.allclose(a[k], c[k], rtol=tol, atol=tol) for k in weights)
+    if precision == "float32":
+        for k in weights:
+            assert torch.allclose(a[k], b[k], rtol=float32_tol, atol=float32_tol), k
+        return
+    far = sum(int(((a[k] - b[k]).abs() > 1e-4).sum()) for k in weights)
+    assert far / sum(a[k].numel() for k in weights) < 3e-3, far
 
 
 def test_sac_compiled_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
