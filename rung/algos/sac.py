@@ -125,12 +125,17 @@ def start_from(cfg: Config, agent: SACAgent, envs) -> str:
             f"{stats}{' and temperature' if cfg.autotune else ''}")
 
 
-def unit_action(actor: SquashedGaussianActor, obs: torch.Tensor) -> torch.Tensor:
-    """The deterministic action tanh(mean(s)) in [-1, 1], before scaling to the env's box."""
-    return (actor(obs, deterministic=True)[0] - actor.bias) / actor.scale
+def unit_action(actor: SquashedGaussianActor, obs: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    """The deterministic action tanh(mean(s)) in [-1, 1], before scaling to the env's box; with
+    `params`, of the actor with those weights (torch.func.functional_call)."""
+    if params is None:
+        action = actor(obs, deterministic=True)[0]
+    else:
+        action = torch.func.functional_call(actor, params, (obs,), {"deterministic": True})[0]
+    return (action - actor.bias) / actor.scale
 
 
-def compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, alpha_opt, target_entropy: float,
+def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, alpha_opt, target_entropy: float,
                     device: torch.device, init_policy: nn.ModuleDict | None):
     """A function doing one gradient step of the loop in train() (the same losses, order and
     noise), compiled whole: at Pendulum's sizes on one CPU core the eager step is mostly the
@@ -152,8 +157,7 @@ def compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, alpha_o
         pi_loss, pi_stats = sac_policy_loss(min_q, logp, alpha)
         loss = pi_loss.mean()
         if ref_action is not None:
-            mean_action = functional_call(agent.actor, params, (o,), {"deterministic": True})[0]
-            reg, _ = bc_mse_loss((mean_action - agent.actor.bias) / agent.actor.scale, ref_action)
+            reg, _ = bc_mse_loss(unit_action(agent.actor, o, params), ref_action)
             loss = loss + reg_coef * reg.mean()
             pi_stats["init_reg"] = reg.mean()
         return loss, (pi_loss.mean(), logp, pi_stats)
@@ -228,8 +232,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
     if cfg.save_buffer:
         modules["buffer"] = buffer
     num_iterations = cfg.total_timesteps // cfg.num_envs
-    fast_update = (compiled_update(cfg, agent, actor_opt, critic_opt, alpha_opt, target_entropy, device, init_policy)
-                   if cfg.compile else None)
+    fast_update = (make_compiled_update(cfg, agent, actor_opt, critic_opt, alpha_opt, target_entropy, device,
+                                        init_policy) if cfg.compile else None)
 
     obs = envs.reset().to(device)
     tally = modules["tally"] = EpisodeTally()
