@@ -6,6 +6,8 @@ Run folder contract (tools read it):
     metrics.jsonl      one JSON object per logged moment: step, wall, metrics
     events.out.tfevents.*  the same metrics for TensorBoard
     checkpoints/latest.pt  everything needed to resume; checkpoints/best.pt the best-evaluated policy
+                       (learning from a dataset, the one the algorithm reports: bc's kept clone,
+                       td3_bc's final policy)
     curve.png          return against env steps and against wall-clock
     summary.json       final evaluation, solved threshold, when it was first reached
     eval_samples/      language-model runs: the held-out responses of each evaluation (rung.llm.loop)

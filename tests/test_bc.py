@@ -49,6 +49,13 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_state(a, b) -> bool:
+    """Equal state dicts, nested extra state (an unused ObsNorm's dict of tensors) included."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
 def trained_names(algo, cfg, agent):
     """BC trains the policy only: the critic is PPO's to fit later, and with --loss mse the log
     std is not part of the loss. TD3+BC trains everything, target copies included."""
@@ -172,18 +179,25 @@ def test_a_finished_run_extended_with_more_epochs_equals_an_uninterrupted_one(tm
     assert all(torch.equal(v, ref_state[k]) for k, v in extended.agent.state_dict().items() if isinstance(v, torch.Tensor))
 
 
-def test_best_checkpoint_is_the_clone_early_stopping_kept(tmp_path, datasets):
-    # --init-from, collect and policy_from_run load best.pt: it must be the weights bc reports
-    # it kept, not an early epoch that happened to evaluate highest in the env.
-    module, cfg = make("bc-discrete", datasets, tmp_path / "run", epochs=10, patience=0, eval_every=8,
-                       learning_rate=3e-3, seed=2)
+@pytest.mark.parametrize("case, more", [
+    ("bc-discrete", dict(epochs=10, patience=0, eval_every=8, learning_rate=3e-3, seed=2)),
+    ("td3_bc", dict(eval_every=50)),
+])
+def test_best_checkpoint_is_the_policy_the_run_reports_not_the_best_evaluated(tmp_path, datasets, case, more):
+    # --init-from, collect and policy_from_run load best.pt: it must be the weights the run
+    # reports (bc: the clone early stopping kept; td3_bc: the final policy), not an earlier one
+    # that happened to evaluate highest in the env, which offline learning assumes it cannot
+    # step.
+    module, cfg = make(case, datasets, tmp_path / "run", **more)
     result = module.train(cfg)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
     assert best["step"] == result.summary["total_timesteps"]
     assert best["eval_mean_return"] == result.summary["eval_mean_return"]
-    assert all(torch.equal(v, best["agent"][k]) for k, v in result.agent.state_dict().items())
+    assert same_state(result.agent.state_dict(), best["agent"])
     evals = [r["eval/mean_return"] for r in rows(result.run_dir) if "eval/mean_return" in r]
     assert len(evals) > 5  # evaluations still ran and were logged
+    # The first best evaluation came before the end: picking by evaluation would have chosen it.
+    assert evals.index(max(evals)) < len(evals) - 1
 
 
 def test_missing_dataset_is_one_line_and_writes_no_run_folder(tmp_path):

@@ -10,7 +10,8 @@ an algorithm rung already has (one loss term, one normalisation), adds two hyper
 there at a fraction of its run time; IQL, about level on locomotion, is much stronger on
 sparse-reward AntMaze data and is a later addition of its own.
 
-The env is never stepped except to evaluate. An iteration is one critic update (log_every,
+The env is never stepped except to evaluate, and evaluations only measure: best.pt is the final
+policy, not the best-evaluated one. An iteration is one critic update (log_every,
 checkpoint_every count them), and `total_timesteps`, eval_every and the step axis of
 metrics.jsonl count gradient steps, as the paper's "time steps" do offline.
 
@@ -105,7 +106,10 @@ def make_agent(cfg: Config, env) -> DeterministicAgent:
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
-    run = Run("td3_bc", cfg, resume=resume, force=force)
+    # best.pt is the final policy, as the paper reports it: picking the best of the env
+    # evaluations would select with the online interaction offline RL assumes it does not have
+    # (and anything loading best.pt, --init-from or collect, would inherit that choice).
+    run = Run("td3_bc", cfg, resume=resume, force=force, best_by_eval=False)
     device = run.device
     # Never stepped for training: it holds the observation statistics and tells Run how to
     # build the evaluation env.
