@@ -84,7 +84,7 @@ class RunConfig(BaseConfig):
     """Environment steps to train for, summed over all envs (and all processes under torchrun)."""
     compile: bool = False
     """torch.compile the batched env's step and the networks (on-policy algorithms), or each gradient
-    step as one graph (sac); the first iterations pay the compile time (measured in bench/batched.py
+    step as one graph (sac, td3, ddpg); the first iterations pay the compile time (measured in bench/batched.py
     and bench/offpolicy.py)."""
     eval_every: int = 10_000
     """Evaluate the deterministic policy every this many env steps (0 disables periodic evaluation)."""
@@ -274,7 +274,7 @@ class OffPolicyConfig(RunConfig):
         if self.tau == 0:
             raise UserError("--tau 0 would freeze the target networks; use a value in (0, 1]")
         if self.compile and not self.compiled_update:
-            raise UserError("--compile is supported by sac alone among the off-policy algorithms; leave it off")
+            raise UserError("--compile is supported by sac, td3 and ddpg among the off-policy algorithms; leave it off")
         last_step = self.total_timesteps // self.num_envs * self.num_envs
         if not hasattr(self, "dataset") and last_step < max(self.learning_starts, self.batch_size):
             # Updates start once the step count reaches learning_starts and the buffer holds a

@@ -56,11 +56,12 @@ def test_off_policy_trains_on_cuda_and_evaluates_on_the_cpu(tmp_path, capsys, al
     assert "return" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("algo", ["sac", "td3"])
 @pytest.mark.parametrize("precision", ["float32", "bf16-mixed"])
-def test_sac_compiled_update_on_cuda_follows_the_eager_one(tmp_path, precision):
-    _, eager = make("sac", dict(env="Pendulum-v1", precision=precision), tmp_path / "eager", device="cuda",
+def test_compiled_update_on_cuda_follows_the_eager_one(tmp_path, algo, precision):
+    _, eager = make(algo, dict(env="Pendulum-v1", precision=precision), tmp_path / "eager", device="cuda",
                     total_timesteps=210)
-    module, compiled = make("sac", dict(env="Pendulum-v1", precision=precision), tmp_path / "compiled",
+    module, compiled = make(algo, dict(env="Pendulum-v1", precision=precision), tmp_path / "compiled",
                             device="cuda", total_timesteps=210, compile=True)
     a, b = (module.train(cfg).agent.state_dict() for cfg in (eager, compiled))
     assert all(v.is_cuda for v in b.values() if isinstance(v, torch.Tensor) and v.is_floating_point())

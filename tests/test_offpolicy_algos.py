@@ -77,9 +77,10 @@ class Crash(Exception):
     pass
 
 
-# sac --compile steps the optimisers' own state, which a resume replaces: it must pick the
-# restored tensors up, or the resumed run would step stale moments.
-@pytest.mark.parametrize("case, extra", [(0, {}), (2, {}), (1, {"compile": True})], ids=["dqn", "td3", "sac-compiled"])
+# --compile steps the optimisers' own state, which a resume replaces: it must pick the restored
+# tensors up, or the resumed run would step stale moments.
+@pytest.mark.parametrize("case, extra", [(0, {}), (2, {}), (1, {"compile": True}), (2, {"compile": True})],
+                         ids=["dqn", "td3", "sac-compiled", "td3-compiled"])
 def test_crash_then_resume_with_buffer_equals_uninterrupted(tmp_path, monkeypatch, case, extra):
     from rung.run import Run
 
@@ -159,20 +160,24 @@ def test_mujoco_env_trains_and_films_offscreen(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "eval.mp4").stat().st_size > 1000 and result["episodes"] == 1
 
 
-COMPILED_CASES = [
-    dict(env="Pendulum-v1", normalize_obs=True),
-    dict(env="Pendulum-v1", precision="bf16-mixed"),
-    dict(env="Pendulum-v1", autotune=False, n_critics=3, precision="bf16-mixed"),
-]
+COMPILED_CASES = {
+    "sac-float32": ("sac", dict(env="Pendulum-v1", normalize_obs=True)),
+    "sac-bf16": ("sac", dict(env="Pendulum-v1", precision="bf16-mixed")),
+    "sac-bf16-fixed-alpha": ("sac", dict(env="Pendulum-v1", autotune=False, n_critics=3, precision="bf16-mixed")),
+    # 10 updates at td3's policy delay of 2: both compiled graphs, with and without the actor step.
+    "td3-float32": ("td3", dict(env="Pendulum-v1", normalize_obs=True)),
+    "td3-bf16": ("td3", dict(env="Pendulum-v1", precision="bf16-mixed")),
+    "ddpg-float32": ("ddpg", dict(env="Pendulum-v1", num_envs=2)),
+}
 
 
-@pytest.mark.parametrize("overrides", COMPILED_CASES, ids=["float32", "bf16", "bf16-fixed-alpha"])
-def test_sac_compiled_update_follows_the_eager_one(tmp_path, overrides):
+@pytest.mark.parametrize("algo, overrides", COMPILED_CASES.values(), ids=COMPILED_CASES.keys())
+def test_compiled_update_follows_the_eager_one(tmp_path, algo, overrides):
     """--compile runs the same gradient steps as the eager loop: same order, same noise, same
     Adam, so after 10 updates the weights agree to rounding (fused kernels sum in another order;
     see assert_same_updates). Over hundreds of updates the rounding grows as any two runs' would
     on different hardware."""
-    module, eager = make("sac", overrides, tmp_path / "eager", total_timesteps=210)
+    module, eager = make(algo, overrides, tmp_path / "eager", total_timesteps=210)
     compiled = dataclasses.replace(eager, run_dir=str(tmp_path / "compiled"), compile=True)
     other_seed = dataclasses.replace(eager, run_dir=str(tmp_path / "seed2"), seed=2)
     a, b, c = (module.train(cfg).agent.state_dict() for cfg in (eager, compiled, other_seed))
@@ -195,8 +200,7 @@ def assert_same_updates(a: dict, b: dict, precision: str, float32_tol: float = 1
     assert far / sum(a[k].numel() for k in weights) < 3e-3, far
 
 
-@pytest.mark.parametrize("algo", ["td3", "ddpg", "dqn"])
-def test_compile_is_refused_by_the_off_policy_algorithms_without_a_compiled_update(tmp_path, algo):
-    module = algos.get(algo)
-    with pytest.raises(UserError, match="--compile is supported by sac alone"):
+def test_compile_is_refused_by_the_off_policy_algorithms_without_a_compiled_update(tmp_path):
+    module = algos.get("dqn")
+    with pytest.raises(UserError, match="--compile is supported by sac, td3 and ddpg"):
         module.Config(compile=True, run_dir=str(tmp_path / "r")).validate()

@@ -4,6 +4,11 @@ Three changes to DDPG, each against overestimation: the target takes the minimum
 the actor and the target networks move once per `policy_delay` critic steps, and the target
 action is smoothed with clipped noise. Exploration is Gaussian noise on the actor's action.
 
+--compile runs each gradient step as one torch.compile'd graph, as sac's does (ddpg shares it):
+gradients through torch.func and Adam written out elementwise on the optimisers' own state, with
+the smoothing noise drawn outside the graph in the eager order, so the maths and the draws are
+eager's; the first steps pay the compile time.
+
 Run:  rung train td3 --env Pendulum-v1
 """
 
@@ -19,7 +24,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, polyak_update, update_precision
-from rung.nn.optim import adam
+from rung.nn.optim import adam, adam_state, adam_step_
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
@@ -27,6 +32,8 @@ from rung.run import Counters, EpisodeTally, Run, TrainResult
 
 @dataclass
 class Config(OffPolicyConfig):
+    compiled_update = True
+
     env: str = "Pendulum-v1"
     """Gymnasium id of an env with continuous (Box) actions."""
     total_timesteps: int = 20_000
@@ -60,6 +67,63 @@ def make_agent(cfg: Config, env, n_critics: int = 2) -> DeterministicAgent:
                               cfg.normalize_obs)
 
 
+def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_opt, critic_opt, device: torch.device):
+    """One gradient step of td3's loop (or ddpg's, called with noise None), compiled whole: the
+    critic step, then, where `with_actor`, the actor's against the updated critics. The target
+    networks' Polyak step stays with the caller. At Pendulum's sizes on one CPU core an eager step
+    is mostly operator and autograd overhead, which one graph removes (as in sac)."""
+    from torch.func import functional_call, grad_and_value
+
+    actor_names = [n for n, _ in agent.actor.named_parameters()]
+    critic_names = [n for n, _ in agent.qf.named_parameters()]
+    scale, bias = agent.actor.scale, agent.actor.bias
+
+    def critic_loss(params, o, actions, target):
+        with update_precision(cfg.precision, device):
+            q = functional_call(agent.qf, params, (o, actions))
+        return 0.5 * (q - target).pow(2).mean(1).sum(), q
+
+    def actor_loss(params, o):
+        with update_precision(cfg.precision, device):
+            # The actor follows the first critic only, as in the eager loop.
+            pi_q = agent.qf(o, functional_call(agent.actor, params, (o,)), detach_params=True)[0]
+        pi_loss, pi_stats = deterministic_policy_loss(pi_q)
+        return pi_loss.mean(), pi_stats
+
+    @torch.no_grad()
+    def step(o, o_next, actions, rewards, terminated, noise, critic_state, actor_state, critic_hyper, actor_hyper,
+             with_actor: bool):
+        with update_precision(cfg.precision, device):
+            next_actions = agent.actor_target(o_next)
+            if noise is not None:
+                next_actions = smoothed_target_action(next_actions, cfg.target_policy_noise * scale * noise,
+                                                      cfg.target_noise_clip * scale, bias - scale, bias + scale)
+            target = clipped_double_q_target(agent.qf_target(o_next, next_actions), rewards, terminated, cfg.gamma)
+        grads, (c_loss, q) = grad_and_value(critic_loss, has_aux=True)(
+            {n: p for n, (p, *_) in zip(critic_names, critic_state)}, o, actions, target)
+        adam_step_(critic_state, [grads[n] for n in critic_names], *critic_hyper)
+        if not with_actor:
+            return c_loss, q.mean(), None, {}
+        grads, (pi_loss, pi_stats) = grad_and_value(actor_loss, has_aux=True)(
+            {n: p for n, (p, *_) in zip(actor_names, actor_state)}, o)
+        adam_step_(actor_state, [grads[n] for n in actor_names], *actor_hyper)
+        return c_loss, q.mean(), pi_loss, pi_stats
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+
+    def hyper(opt):
+        group = opt.param_groups[0]
+        return group["lr"], group["betas"], group["eps"]
+
+    def update(b, noise: torch.Tensor | None, with_actor: bool):
+        o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
+        # adam_state at each call: a resume's load_state_dict replaces the optimisers' tensors.
+        return compiled(o, o_next, b.actions, b.rewards, b.terminated, noise, adam_state(critic_opt),
+                        adam_state(actor_opt), hyper(critic_opt), hyper(actor_opt), with_actor)
+
+    return update
+
+
 def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainResult:
     run = Run("td3", cfg, resume=resume, force=force)
     device = run.device
@@ -75,6 +139,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         modules["buffer"] = buffer
     num_iterations = cfg.total_timesteps // cfg.num_envs
     scale, bias = agent.actor.scale, agent.actor.bias
+    fast_update = make_compiled_update(cfg, agent, actor_opt, critic_opt, device) if cfg.compile else None
 
     obs = envs.reset().to(device)
     tally = modules["tally"] = EpisodeTally()
@@ -96,31 +161,39 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
         if step >= cfg.learning_starts and iteration % cfg.train_freq == 0 and len(buffer) >= min_fill:
             for _ in range(cfg.gradient_steps):
                 b = buffer.sample(cfg.batch_size)
-                o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
-                with torch.no_grad(), update_precision(cfg.precision, device):
-                    mu_next = agent.actor_target(o_next)
-                    noise = cfg.target_policy_noise * scale * torch.randn_like(mu_next)
-                    next_actions = smoothed_target_action(mu_next, noise, cfg.target_noise_clip * scale,
-                                                          bias - scale, bias + scale)
-                    target = clipped_double_q_target(agent.qf_target(o_next, next_actions), b.rewards,
-                                                     b.terminated, cfg.gamma)
-                with update_precision(cfg.precision, device):
-                    q = agent.qf(o, b.actions)
-                critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-                critic_opt.zero_grad(set_to_none=True)
-                critic_loss.backward()
-                critic_opt.step()
                 counters["updates"] += 1
-                stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q.detach().mean()
-
-                if counters["updates"] % cfg.policy_delay == 0:
-                    # The actor follows the first critic only, as in the paper.
+                with_actor = counters["updates"] % cfg.policy_delay == 0
+                if fast_update is not None:
+                    # The eager branch's draw, made outside the graph (inductor's generator differs).
+                    noise = torch.randn_like(b.actions)
+                    critic_loss, q_mean, pi_loss, pi_stats = fast_update(b, noise, with_actor)
+                else:
+                    o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
+                    with torch.no_grad(), update_precision(cfg.precision, device):
+                        mu_next = agent.actor_target(o_next)
+                        noise = cfg.target_policy_noise * scale * torch.randn_like(mu_next)
+                        next_actions = smoothed_target_action(mu_next, noise, cfg.target_noise_clip * scale,
+                                                              bias - scale, bias + scale)
+                        target = clipped_double_q_target(agent.qf_target(o_next, next_actions), b.rewards,
+                                                         b.terminated, cfg.gamma)
                     with update_precision(cfg.precision, device):
-                        pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
-                    pi_loss, pi_stats = deterministic_policy_loss(pi_q)
-                    actor_opt.zero_grad(set_to_none=True)
-                    pi_loss.mean().backward()
-                    actor_opt.step()
+                        q = agent.qf(o, b.actions)
+                    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+                    critic_opt.zero_grad(set_to_none=True)
+                    critic_loss.backward()
+                    critic_opt.step()
+                    q_mean = q.detach().mean()
+                    if with_actor:
+                        # The actor follows the first critic only, as in the paper.
+                        with update_precision(cfg.precision, device):
+                            pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
+                        pi_loss, pi_stats = deterministic_policy_loss(pi_q)
+                        actor_opt.zero_grad(set_to_none=True)
+                        pi_loss.mean().backward()
+                        actor_opt.step()
+                stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q_mean
+
+                if with_actor:
                     polyak_update(agent.qf_target, agent.qf, cfg.tau)
                     polyak_update(agent.actor_target, agent.actor, cfg.tau)
                     stats["losses/actor"] = pi_loss.detach().mean()
