@@ -21,7 +21,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.nn.offpolicy import DeterministicAgent, polyak_update, update_precision
 from rung.nn.optim import adam
-from rung.objectives import clipped_double_q_target, deterministic_policy_loss
+from rung.objectives import clipped_double_q_target
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
 
@@ -94,20 +94,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     with torch.no_grad(), update_precision(cfg.precision, device):
                         target = clipped_double_q_target(agent.qf_target(o_next, agent.actor_target(o_next)),
                                                          b.rewards, b.terminated, cfg.gamma)
-                    with update_precision(cfg.precision, device):
-                        q = agent.qf(o, b.actions)
-                    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-                    critic_opt.zero_grad(set_to_none=True)
-                    critic_loss.backward()
-                    critic_opt.step()
-                    q_mean = q.detach().mean()
-
-                    with update_precision(cfg.precision, device):
-                        pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
-                    pi_loss, pi_stats = deterministic_policy_loss(pi_q)
-                    actor_opt.zero_grad(set_to_none=True)
-                    pi_loss.mean().backward()
-                    actor_opt.step()
+                    critic_loss, q_mean = td3.critic_step(cfg, agent, critic_opt, o, b.actions, target, device)
+                    pi_loss, pi_stats = td3.actor_step(cfg, agent, actor_opt, o, device)
                 polyak_update(agent.qf_target, agent.qf, cfg.tau)
                 polyak_update(agent.actor_target, agent.actor, cfg.tau)
                 counters["updates"] += 1

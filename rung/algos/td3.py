@@ -67,6 +67,30 @@ def make_agent(cfg: Config, env, n_critics: int = 2) -> DeterministicAgent:
                               cfg.normalize_obs)
 
 
+def critic_step(cfg: OffPolicyConfig, agent: DeterministicAgent, critic_opt, o, actions, target,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager critic update of td3 and ddpg; returns the loss and the mean Q."""
+    with update_precision(cfg.precision, device):
+        q = agent.qf(o, actions)  # (n_critics, B)
+    # Half the summed per-critic MSE: the scale of SB3's critic loss, so learning rates carry over.
+    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
+    critic_opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_opt.step()
+    return critic_loss, q.detach().mean()
+
+
+def actor_step(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_opt, o, device: torch.device):
+    """The eager actor update of td3 and ddpg, ascending the first critic (as the paper does)."""
+    with update_precision(cfg.precision, device):
+        pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
+    pi_loss, pi_stats = deterministic_policy_loss(pi_q)
+    actor_opt.zero_grad(set_to_none=True)
+    pi_loss.mean().backward()
+    actor_opt.step()
+    return pi_loss, pi_stats
+
+
 def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_opt, critic_opt, device: torch.device):
     """One gradient step of td3's loop (or ddpg's, called with noise None), compiled whole: the
     critic step, then, where `with_actor`, the actor's against the updated critics. The target
@@ -176,21 +200,9 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                                               bias - scale, bias + scale)
                         target = clipped_double_q_target(agent.qf_target(o_next, next_actions), b.rewards,
                                                          b.terminated, cfg.gamma)
-                    with update_precision(cfg.precision, device):
-                        q = agent.qf(o, b.actions)
-                    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-                    critic_opt.zero_grad(set_to_none=True)
-                    critic_loss.backward()
-                    critic_opt.step()
-                    q_mean = q.detach().mean()
+                    critic_loss, q_mean = critic_step(cfg, agent, critic_opt, o, b.actions, target, device)
                     if with_actor:
-                        # The actor follows the first critic only, as in the paper.
-                        with update_precision(cfg.precision, device):
-                            pi_q = agent.qf(o, agent.actor(o), detach_params=True)[0]
-                        pi_loss, pi_stats = deterministic_policy_loss(pi_q)
-                        actor_opt.zero_grad(set_to_none=True)
-                        pi_loss.mean().backward()
-                        actor_opt.step()
+                        pi_loss, pi_stats = actor_step(cfg, agent, actor_opt, o, device)
                 stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q_mean
 
                 if with_actor:
