@@ -41,7 +41,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.init_from import load_source, require_same, validate_init_flags
-from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, polyak_update, update_precision
+from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, compile_update, polyak_update, update_precision
 from rung.nn.optim import adam, adam_state, adam_step_
 from rung.objectives import bc_mse_loss, decayed_coef, sac_policy_loss, soft_q_target, temperature_loss
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -181,7 +181,7 @@ def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, al
             adam_step_(alpha_state, [-(logp + target_entropy).mean().reshape(agent.log_alpha.shape)], *alpha_hyper)
         return c_loss, q.mean(), pi_loss, alpha, pi_stats
 
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    compiled = compile_update(step)
 
     def hyper(opt):
         group = opt.param_groups[0]

@@ -23,7 +23,7 @@ from rung.config import OffPolicyConfig, non_negative, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import DeterministicAgent, polyak_update, update_precision
+from rung.nn.offpolicy import DeterministicAgent, compile_update, polyak_update, update_precision
 from rung.nn.optim import adam, adam_state, adam_step_
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -133,7 +133,7 @@ def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_
         adam_step_(actor_state, [grads[n] for n in actor_names], *actor_hyper)
         return c_loss, q.mean(), pi_loss, pi_stats
 
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    compiled = compile_update(step)
 
     def hyper(opt):
         group = opt.param_groups[0]

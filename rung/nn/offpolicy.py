@@ -216,3 +216,12 @@ class SACAgent(nn.Module):
 
     def action(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor(self.obs_norm(obs), deterministic)[0]
+
+
+def compile_update(step):
+    """torch.compile a one-graph gradient step (sac, td3, ddpg --compile). Each run's step closes
+    over its own networks, so dynamo guards on them and compiles anew for every run in the same
+    process; its default of 8 compiles per function would make the ninth run there (tests, sweeps,
+    population training) fail under fullgraph. The limit is raised, not the guards dropped."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 1024)
+    return torch.compile(step, fullgraph=True, dynamic=False)
