@@ -42,7 +42,7 @@ from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.init_from import load_source, require_same, validate_init_flags
 from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, compile_update, polyak_update, update_precision
-from rung.nn.optim import adam, adam_state, adam_step_
+from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
 from rung.objectives import bc_mse_loss, decayed_coef, sac_policy_loss, soft_q_target, temperature_loss
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
@@ -183,10 +183,6 @@ def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, al
 
     compiled = compile_update(step)
 
-    def hyper(opt):
-        group = opt.param_groups[0]
-        return group["lr"], group["betas"], group["eps"]
-
     def update(b, reg_coef: float):
         # The noise is drawn here, in the eager loop's order, so the run samples what it would
         # uncompiled (inductor's own generator draws other numbers).
@@ -201,8 +197,8 @@ def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, al
             coef = torch.tensor(reg_coef, device=device)
         return compiled(o, o_next, b.actions, b.rewards, b.terminated, noise, next_noise, ref_action, coef,
                         adam_state(critic_opt), adam_state(actor_opt),
-                        adam_state(alpha_opt) if cfg.autotune else None, hyper(critic_opt), hyper(actor_opt),
-                        hyper(alpha_opt))
+                        adam_state(alpha_opt) if cfg.autotune else None, adam_hyper(critic_opt), adam_hyper(actor_opt),
+                        adam_hyper(alpha_opt))
 
     return update
 

@@ -24,7 +24,7 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.nn.offpolicy import DeterministicAgent, compile_update, polyak_update, update_precision
-from rung.nn.optim import adam, adam_state, adam_step_
+from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
 from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
@@ -135,15 +135,11 @@ def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_
 
     compiled = compile_update(step)
 
-    def hyper(opt):
-        group = opt.param_groups[0]
-        return group["lr"], group["betas"], group["eps"]
-
     def update(b, noise: torch.Tensor | None, with_actor: bool):
         o, o_next = agent.obs_norm(b.obs), agent.obs_norm(b.next_obs)
         # adam_state at each call: a resume's load_state_dict replaces the optimisers' tensors.
         return compiled(o, o_next, b.actions, b.rewards, b.terminated, noise, adam_state(critic_opt),
-                        adam_state(actor_opt), hyper(critic_opt), hyper(actor_opt), with_actor)
+                        adam_state(actor_opt), adam_hyper(critic_opt), adam_hyper(actor_opt), with_actor)
 
     return update
 

@@ -35,6 +35,13 @@ def adam_state(opt: torch.optim.Adam) -> list[tuple[torch.Tensor, torch.Tensor, 
     return out
 
 
+def adam_hyper(opt: torch.optim.Adam) -> tuple[float, tuple[float, float], float]:
+    """(lr, betas, eps) of `opt`'s single group, as `adam_step_` takes them: read at each step, so
+    a learning-rate change made on the optimiser reaches the compiled update."""
+    group = opt.param_groups[0]
+    return group["lr"], group["betas"], group["eps"]
+
+
 def adam_step_(state: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], grads: list[torch.Tensor],
                lr: float, betas: tuple[float, float], eps: float) -> None:
     """One Adam step (Kingma and Ba 2015, torch's placement of eps) on `adam_state`'s tensors, in
