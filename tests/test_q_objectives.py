@@ -8,6 +8,7 @@ import torch
 from rung.nn.offpolicy import ObsNorm, QEnsemble, SquashedGaussianActor, polyak_update
 from rung.objectives import (
     clipped_double_q_target,
+    critic_ensemble_loss,
     deterministic_policy_loss,
     dqn_target,
     sac_policy_loss,
@@ -37,6 +38,18 @@ def test_td_loss_huber_and_mse():
     assert torch.allclose(huber, T([0.125, 2.5]))  # 0.5 * 0.5^2 inside delta 1; |3| - 0.5 outside
     assert torch.allclose(td_loss(q, target, "mse")[0], T([0.25, 9.0]))
     assert stats["q"] == pytest.approx(1.5)
+
+
+def test_critic_ensemble_loss_is_half_the_summed_per_critic_mse_and_leaves_the_target_alone():
+    q = T([[1.0, 3.0], [0.0, 2.0]], requires_grad=True)
+    target = T([2.0, 2.0], requires_grad=True)
+    loss = critic_ensemble_loss(q, target)
+    # Critic 0: errors -1, 1 -> MSE 1; critic 1: errors -2, 0 -> MSE 2; half the sum is 1.5.
+    assert loss.item() == pytest.approx(1.5)
+    loss.backward()
+    # d/dq of 0.5 * mean over B of (q - t)^2 is (q - t) / B, per critic.
+    assert torch.allclose(q.grad, T([[-0.5, 0.5], [-1.0, 0.0]]))
+    assert target.grad is None
 
 
 def test_clipped_double_q_target_takes_the_minimum_critic():

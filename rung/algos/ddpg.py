@@ -19,7 +19,7 @@ from rung.buffers.replay import fill_before_updates, make_buffer
 from rung.config import OffPolicyConfig, non_negative, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
-from rung.nn.offpolicy import DeterministicAgent, polyak_update, update_precision
+from rung.nn.offpolicy import DeterministicAgent, critic_step, polyak_update, update_precision
 from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target
 from rung.rollout.collect import random_actions, step_into_buffer
@@ -94,7 +94,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     with torch.no_grad(), update_precision(cfg.precision, device):
                         target = clipped_double_q_target(agent.qf_target(o_next, agent.actor_target(o_next)),
                                                          b.rewards, b.terminated, cfg.gamma)
-                    critic_loss, q_mean = td3.critic_step(cfg, agent, critic_opt, o, b.actions, target, device)
+                    critic_loss, q_mean = critic_step(agent.qf, critic_opt, o, b.actions, target, cfg.precision, device)
                     pi_loss, pi_stats = td3.actor_step(cfg, agent, actor_opt, o, device)
                 polyak_update(agent.qf_target, agent.qf, cfg.tau)
                 polyak_update(agent.actor_target, agent.actor, cfg.tau)

@@ -41,9 +41,23 @@ from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
 from rung.init_from import load_source, require_same, validate_init_flags
-from rung.nn.offpolicy import SACAgent, SquashedGaussianActor, compile_update, polyak_update, update_precision
+from rung.nn.offpolicy import (
+    SACAgent,
+    SquashedGaussianActor,
+    compile_update,
+    critic_step,
+    polyak_update,
+    update_precision,
+)
 from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
-from rung.objectives import bc_mse_loss, decayed_coef, sac_policy_loss, soft_q_target, temperature_loss
+from rung.objectives import (
+    bc_mse_loss,
+    critic_ensemble_loss,
+    decayed_coef,
+    sac_policy_loss,
+    soft_q_target,
+    temperature_loss,
+)
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
 
@@ -148,7 +162,7 @@ def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, al
     def critic_loss(params, o, actions, target):
         with update_precision(cfg.precision, device):
             q = functional_call(agent.qf, params, (o, actions))
-        return 0.5 * (q - target).pow(2).mean(1).sum(), q
+        return critic_ensemble_loss(q, target), q
 
     def actor_loss(params, o, noise, alpha, ref_action, reg_coef):
         with update_precision(cfg.precision, device):
@@ -272,14 +286,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                         next_actions, next_logp = agent.actor(o_next)
                         target = soft_q_target(agent.qf_target(o_next, next_actions), next_logp, alpha,
                                                b.rewards, b.terminated, cfg.gamma)
-                    with update_precision(cfg.precision, device):
-                        q = agent.qf(o, b.actions)  # (n_critics, B)
-                    # Half the summed per-critic MSE: the scale of SB3's critic loss, so learning
-                    # rates carry over.
-                    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-                    critic_opt.zero_grad(set_to_none=True)
-                    critic_loss.backward()
-                    critic_opt.step()
+                    critic_loss, q_mean = critic_step(agent.qf, critic_opt, o, b.actions, target, cfg.precision,
+                                                      device)
 
                     with update_precision(cfg.precision, device):
                         min_q = agent.qf(o, pi_actions, detach_params=True).min(0).values
@@ -294,7 +302,6 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                     actor_opt.zero_grad(set_to_none=True)
                     actor_loss.backward()
                     actor_opt.step()
-                    q_mean = q.detach().mean()
 
                 counters["updates"] += 1
                 if counters["updates"] % cfg.target_update_interval == 0:

@@ -23,9 +23,14 @@ from rung.config import OffPolicyConfig, non_negative, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import DeterministicAgent, compile_update, polyak_update, update_precision
+from rung.nn.offpolicy import DeterministicAgent, compile_update, critic_step, polyak_update, update_precision
 from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
-from rung.objectives import clipped_double_q_target, deterministic_policy_loss, smoothed_target_action
+from rung.objectives import (
+    clipped_double_q_target,
+    critic_ensemble_loss,
+    deterministic_policy_loss,
+    smoothed_target_action,
+)
 from rung.rollout.collect import random_actions, step_into_buffer
 from rung.run import Counters, EpisodeTally, Run, TrainResult
 
@@ -67,19 +72,6 @@ def make_agent(cfg: Config, env, n_critics: int = 2) -> DeterministicAgent:
                               cfg.normalize_obs)
 
 
-def critic_step(cfg: OffPolicyConfig, agent: DeterministicAgent, critic_opt, o, actions, target,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eager critic update of td3 and ddpg; returns the loss and the mean Q."""
-    with update_precision(cfg.precision, device):
-        q = agent.qf(o, actions)  # (n_critics, B)
-    # Half the summed per-critic MSE: the scale of SB3's critic loss, so learning rates carry over.
-    critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-    return critic_loss, q.detach().mean()
-
-
 def actor_step(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_opt, o, device: torch.device):
     """The eager actor update of td3 and ddpg, ascending the first critic (as the paper does)."""
     with update_precision(cfg.precision, device):
@@ -105,7 +97,7 @@ def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_
     def critic_loss(params, o, actions, target):
         with update_precision(cfg.precision, device):
             q = functional_call(agent.qf, params, (o, actions))
-        return 0.5 * (q - target).pow(2).mean(1).sum(), q
+        return critic_ensemble_loss(q, target), q
 
     def actor_loss(params, o):
         with update_precision(cfg.precision, device):
@@ -196,7 +188,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
                                                               bias - scale, bias + scale)
                         target = clipped_double_q_target(agent.qf_target(o_next, next_actions), b.rewards,
                                                          b.terminated, cfg.gamma)
-                    critic_loss, q_mean = critic_step(cfg, agent, critic_opt, o, b.actions, target, device)
+                    critic_loss, q_mean = critic_step(agent.qf, critic_opt, o, b.actions, target, cfg.precision, device)
                     if with_actor:
                         pi_loss, pi_stats = actor_step(cfg, agent, actor_opt, o, device)
                 stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q_mean

@@ -38,7 +38,7 @@ from rung.buffers.replay import Transitions
 from rung.config import RunConfig, in_range, learns_from_a_dataset, non_negative, positive, widths
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import DeterministicAgent, polyak_update
+from rung.nn.offpolicy import DeterministicAgent, critic_step, polyak_update
 from rung.nn.optim import adam
 from rung.objectives import clipped_double_q_target, smoothed_target_action, td3_bc_actor_loss
 from rung.run import Run, TrainResult, write_json_atomic
@@ -147,12 +147,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False) -> TrainRes
             next_actions = smoothed_target_action(mu_next, noise, cfg.target_noise_clip * scale, bias - scale, bias + scale)
             target = clipped_double_q_target(agent.qf_target(o_next, next_actions), dataset.rewards[idx],
                                              dataset.terminated[idx], cfg.gamma)
-        q = agent.qf(o, a)  # (2, B)
-        critic_loss = 0.5 * (q - target).pow(2).mean(1).sum()
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
-        stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q.detach().mean()
+        critic_loss, q_mean = critic_step(agent.qf, critic_opt, o, a, target, "float32", device)
+        stats["losses/critic"], stats["losses/q"] = critic_loss.detach(), q_mean
 
         if (iteration + 1) % cfg.policy_delay == 0:
             pi = agent.actor(o)

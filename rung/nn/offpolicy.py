@@ -171,6 +171,20 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(t, s, tau)
 
 
+def critic_step(qf: nn.Module, critic_opt: torch.optim.Optimizer, o: torch.Tensor, actions: torch.Tensor,
+                target: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager critic update shared by sac, td3, ddpg and td3_bc; returns the loss and the mean Q."""
+    from rung.objectives import critic_ensemble_loss
+
+    with update_precision(precision, device):
+        q = qf(o, actions)  # (n_critics, B)
+    loss = critic_ensemble_loss(q, target)
+    critic_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    critic_opt.step()
+    return loss, q.detach().mean()
+
+
 class DQNAgent(nn.Module):
     def __init__(self, obs_dim: int, num_actions: int, hidden: tuple[int, ...], normalize_obs: bool = False):
         super().__init__()

@@ -27,6 +27,7 @@ from rung.objectives.llm import (
 from rung.objectives.policy_gradient import entropy_loss, ppo_clip_loss, reinforce_loss, value_loss
 from rung.objectives.q_learning import (
     clipped_double_q_target,
+    critic_ensemble_loss,
     dqn_target,
     smoothed_target_action,
     soft_q_target,
@@ -34,7 +35,7 @@ from rung.objectives.q_learning import (
 )
 
 __all__ = ["gae", "discounted_returns", "normalize", "ppo_clip_loss", "value_loss", "entropy_loss", "reinforce_loss",
-           "dqn_target", "td_loss", "clipped_double_q_target", "smoothed_target_action", "soft_q_target",
+           "dqn_target", "td_loss", "clipped_double_q_target", "critic_ensemble_loss", "smoothed_target_action", "soft_q_target",
            "deterministic_policy_loss", "sac_policy_loss", "temperature_loss", "bc_discrete_loss", "bc_gaussian_nll_loss",
            "bc_mse_loss", "td3_bc_actor_loss", "kl_categorical", "kl_diag_gaussian", "decayed_coef",
            "Aggregation", "KLEstimator", "group_advantages", "process_advantages", "rloo_advantages", "masked_aggregate",

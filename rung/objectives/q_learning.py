@@ -33,6 +33,12 @@ def td_loss(q: torch.Tensor, target: torch.Tensor, kind: Literal["mse", "huber"]
     return loss, {"q": q.detach().mean()}
 
 
+def critic_ensemble_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Half the summed per-critic MSE of q (n_critics, B) against a fixed target (B,): the scale
+    of SB3's critic loss, so learning rates carry over between the two."""
+    return 0.5 * (q - target.detach()).pow(2).mean(1).sum()
+
+
 def clipped_double_q_target(next_qs: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
                             gamma: float) -> torch.Tensor:
     """r + gamma * (1 - terminated) * min_i Q_i(s', a'), with next_qs (n_critics, B).
