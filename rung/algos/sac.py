@@ -46,13 +46,13 @@ from rung.nn.offpolicy import (
     SquashedGaussianActor,
     compile_update,
     critic_step,
+    functional_critic_loss,
     polyak_update,
     update_precision,
 )
 from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
 from rung.objectives import (
     bc_mse_loss,
-    critic_ensemble_loss,
     decayed_coef,
     sac_policy_loss,
     soft_q_target,
@@ -159,10 +159,7 @@ def make_compiled_update(cfg: Config, agent: SACAgent, actor_opt, critic_opt, al
     actor_names = [n for n, _ in agent.actor.named_parameters()]
     critic_names = [n for n, _ in agent.qf.named_parameters()]
 
-    def critic_loss(params, o, actions, target):
-        with update_precision(cfg.precision, device):
-            q = functional_call(agent.qf, params, (o, actions))
-        return critic_ensemble_loss(q, target), q
+    critic_loss = functional_critic_loss(agent.qf, cfg.precision, device)
 
     def actor_loss(params, o, noise, alpha, ref_action, reg_coef):
         with update_precision(cfg.precision, device):

@@ -23,11 +23,17 @@ from rung.config import OffPolicyConfig, non_negative, positive, widths
 from rung.envs.batched import parse_randomize
 from rung.envs.make import make_env
 from rung.errors import UserError
-from rung.nn.offpolicy import DeterministicAgent, compile_update, critic_step, polyak_update, update_precision
+from rung.nn.offpolicy import (
+    DeterministicAgent,
+    compile_update,
+    critic_step,
+    functional_critic_loss,
+    polyak_update,
+    update_precision,
+)
 from rung.nn.optim import adam, adam_hyper, adam_state, adam_step_
 from rung.objectives import (
     clipped_double_q_target,
-    critic_ensemble_loss,
     deterministic_policy_loss,
     smoothed_target_action,
 )
@@ -94,10 +100,7 @@ def make_compiled_update(cfg: OffPolicyConfig, agent: DeterministicAgent, actor_
     critic_names = [n for n, _ in agent.qf.named_parameters()]
     scale, bias = agent.actor.scale, agent.actor.bias
 
-    def critic_loss(params, o, actions, target):
-        with update_precision(cfg.precision, device):
-            q = functional_call(agent.qf, params, (o, actions))
-        return critic_ensemble_loss(q, target), q
+    critic_loss = functional_critic_loss(agent.qf, cfg.precision, device)
 
     def actor_loss(params, o):
         with update_precision(cfg.precision, device):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rung.envs.wrappers import RunningMeanStd
+from rung.objectives.q_learning import critic_ensemble_loss
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -174,8 +175,6 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 def critic_step(qf: nn.Module, critic_opt: torch.optim.Optimizer, o: torch.Tensor, actions: torch.Tensor,
                 target: torch.Tensor, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager critic update shared by sac, td3, ddpg and td3_bc; returns the loss and the mean Q."""
-    from rung.objectives import critic_ensemble_loss
-
     with update_precision(precision, device):
         q = qf(o, actions)  # (n_critics, B)
     loss = critic_ensemble_loss(q, target)
@@ -183,6 +182,19 @@ def critic_step(qf: nn.Module, critic_opt: torch.optim.Optimizer, o: torch.Tenso
     loss.backward()
     critic_opt.step()
     return loss, q.detach().mean()
+
+
+def functional_critic_loss(qf: nn.Module, precision: str, device: torch.device):
+    """critic_step's loss as a function of the critics' parameters, for torch.func in the compiled
+    updates of sac and td3; returns (loss, q)."""
+    from torch.func import functional_call
+
+    def loss(params, o, actions, target):
+        with update_precision(precision, device):
+            q = functional_call(qf, params, (o, actions))
+        return critic_ensemble_loss(q, target), q
+
+    return loss
 
 
 class DQNAgent(nn.Module):
