@@ -38,9 +38,10 @@ def test_ppo_solves_acrobot_within_120k_steps(tmp_path):
     assert s["solved_at_step"] is not None
 
 
-def test_ppo_solves_batched_cartpole(tmp_path):
-    # Calibrated (bench/presets.py --preset batched-cartpole-ppo): see BENCHMARKS.md.
-    s = solve("batched-cartpole-ppo", 400_000, tmp_path)
+def test_ppo_solves_batched_cartpole_within_100k_steps(tmp_path):
+    # Calibrated (bench/batched_sweep.py --seeds 20 ... 39, the linear-actor preset): solved at
+    # 32,768 steps on 18 seeds of 20 and 49,152 on the other two (eval every 16,384).
+    s = solve("batched-cartpole-ppo", 100_000, tmp_path)
     assert s["solved_at_step"] is not None
 
 

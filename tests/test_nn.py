@@ -66,3 +66,37 @@ def test_adam_step_written_out_equals_torch_adam_and_shares_its_state():
         assert a[i].keys() == b[i].keys() and float(b[i]["step"]) == 4
         for k in a[i]:
             torch.testing.assert_close(a[i][k], b[i][k], rtol=1e-6, atol=1e-7)
+
+
+def test_a_linear_actor_keeps_the_critics_hidden_layers():
+    from rung.algos import ppo
+    from rung.cli import _converter
+    from rung.envs.batched import make
+
+    import typing
+
+    flag = _converter("actor_hidden_sizes", typing.get_type_hints(ppo.Config)["actor_hidden_sizes"])
+    cfg = ppo.Config(env="batched/CartPole-v1", hidden_sizes=(32, 16), actor_hidden_sizes=flag("0"))
+    cfg.validate()
+    agent = ppo.make_agent(cfg, make("CartPole-v1", num_envs=3))
+    # Logits are an affine function of the observation: the head reads it directly.
+    assert len(agent.actor_body) == 0 and agent.head.logits.in_features == 4
+    assert [m.out_features for m in agent.critic.modules() if isinstance(m, torch.nn.Linear)] == [32, 16, 1]
+    obs = torch.randn(5, 4)
+    w, b = agent.head.logits.weight, agent.head.logits.bias
+    assert torch.allclose(agent.dist_params(obs), torch.log_softmax(obs @ w.T + b, -1))
+    # None follows hidden_sizes; other widths give the actor its own layers.
+    assert ppo.make_agent(ppo.Config(hidden_sizes=(8,)), make("CartPole-v1", 1)).head.logits.in_features == 8
+    own = ppo.make_agent(ppo.Config(hidden_sizes=(8,), actor_hidden_sizes=(5, 6)), make("CartPole-v1", 1))
+    assert own.head.logits.in_features == 6 and own.critic[1].in_features == 8
+
+
+def test_bad_actor_widths_are_refused_in_one_line():
+    import pytest
+
+    from rung.algos import ppo
+    from rung.errors import UserError
+
+    for bad in [(64, 0), (-3,)]:
+        with pytest.raises(UserError, match="--actor-hidden-sizes must be positive widths such as 64,64, or 0"):
+            ppo.Config(actor_hidden_sizes=bad).validate()

@@ -37,6 +37,7 @@ from rung.evaluation import env_normalizes_obs
 from rung.init_from import freeze_obs_statistics, load_source, require_same, validate_init_flags
 from rung.nn import ActorCritic
 from rung.nn import make_actor_critic as make_agent
+from rung.nn.actor_critic import actor_widths
 from rung.nn.optim import adam
 from rung.objectives import (
     decayed_coef,
@@ -93,6 +94,9 @@ class Config(RunConfig):
     """Scale rewards by the std of the discounted return."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layer widths of actor and critic, e.g. 64,64."""
+    actor_hidden_sizes: tuple[int, ...] | None = None
+    """The actor's own hidden widths, where they differ from hidden_sizes (which the critic then
+    keeps); 0 makes the actor linear: logits straight from the observations."""
     activation: Literal["tanh", "relu", "elu"] = "tanh"
     """Hidden activation."""
     log_std_init: float = 0.0
@@ -135,6 +139,9 @@ class Config(RunConfig):
             raise UserError(f"--num-minibatches {self.num_minibatches} leaves one sample a minibatch, whose advantage "
                             "has no std to normalise by; use fewer minibatches or --norm-adv false")
         widths(self, "hidden_sizes")
+        actor = self.actor_hidden_sizes
+        if actor is not None and tuple(actor) not in ((), (0,)) and (not actor or min(actor) <= 0):
+            raise UserError(f"--actor-hidden-sizes must be positive widths such as 64,64, or 0 for a linear actor; got {actor}")
         validate_init_flags(self)
 
 
@@ -146,6 +153,8 @@ def start_from(cfg: Config, agent: ActorCritic, envs) -> str:
         raise UserError(f"--init-from {src.run_dir} is a bc run cloned for {src.cfg.for_algo}, whose actor has another "
                         "shape than ppo's; clone again with --for-algo ppo, or fine-tune it with sac")
     require_same(src, "hidden_sizes", tuple(src.cfg.hidden_sizes), tuple(cfg.hidden_sizes))
+    # (0,) is how the flag spells a linear actor.
+    require_same(src, "actor_hidden_sizes", actor_widths(src.cfg) or (0,), actor_widths(cfg) or (0,))
     require_same(src, "activation", src.cfg.activation, cfg.activation)
     # The flag rather than silently following the source: config.yaml must say how this run's
     # policy sees observations, or `rung eval` would feed it raw ones.

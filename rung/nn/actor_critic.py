@@ -14,12 +14,16 @@ from rung.nn.mlp import layer, mlp
 
 class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, discrete: bool, hidden: tuple[int, ...] = (64, 64),
-                 activation: Literal["tanh", "relu", "elu"] = "tanh", log_std_init: float = 0.0):
+                 activation: Literal["tanh", "relu", "elu"] = "tanh", log_std_init: float = 0.0,
+                 actor_hidden: tuple[int, ...] | None = None):
+        """`actor_hidden`: the actor's widths when they differ from the critic's `hidden`; ()
+        makes the actor linear in the observation."""
         super().__init__()
         self.discrete = discrete
-        self.actor_body = mlp(obs_dim, hidden, activation)
+        actor_hidden = hidden if actor_hidden is None else actor_hidden
+        self.actor_body = mlp(obs_dim, actor_hidden, activation)
         self.critic = nn.Sequential(mlp(obs_dim, hidden, activation), layer(hidden[-1] if hidden else obs_dim, 1, gain=1.0))
-        feat = hidden[-1] if hidden else obs_dim
+        feat = actor_hidden[-1] if actor_hidden else obs_dim
         self.head: CategoricalHead | GaussianHead = (
             CategoricalHead(feat, action_dim) if discrete else GaussianHead(feat, action_dim, log_std_init))
 
@@ -54,6 +58,15 @@ class ActorCritic(nn.Module):
         return self.head.log_prob(params, actions), self.head.entropy(params), self.value(obs)
 
 
+def actor_widths(cfg) -> tuple[int, ...]:
+    """The actor's hidden widths a config asks for: its actor_hidden_sizes where it has one (0
+    meaning none: a linear actor), else its hidden_sizes."""
+    own = getattr(cfg, "actor_hidden_sizes", None)
+    return tuple(cfg.hidden_sizes) if own is None else tuple(w for w in own if w)
+
+
 def make_actor_critic(cfg, env) -> ActorCritic:
-    """The actor-critic for `env` from a config's hidden_sizes, activation and log_std_init."""
-    return ActorCritic(env.obs_shape[0], env.action_dim, env.discrete, cfg.hidden_sizes, cfg.activation, cfg.log_std_init)
+    """The actor-critic for `env` from a config's hidden_sizes (and actor_hidden_sizes, where it
+    has them), activation and log_std_init."""
+    return ActorCritic(env.obs_shape[0], env.action_dim, env.discrete, tuple(cfg.hidden_sizes), cfg.activation,
+                       cfg.log_std_init, actor_hidden=actor_widths(cfg))
