@@ -208,7 +208,7 @@ def test_env_with_a_preset_starts_from_it(capsys, tmp_path):
     assert code == 0, err
     assert "starting from preset batched-cartpole-ppo" in out
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    assert cfg["num_envs"] == 128 and cfg["actor_hidden_sizes"] == [0] and cfg["total_timesteps"] == 16384
+    assert cfg["num_envs"] == 64 and cfg["actor_hidden_sizes"] == [0] and cfg["total_timesteps"] == 16384
     d2 = tmp_path / "r2"
     code, out, _ = run_cli(capsys, "train", "ppo", "--env", "batched/CartPole-v1", "--preset", "none",
                            "--total-timesteps", "512", "--eval-every", "0", "--run-dir", str(d2))

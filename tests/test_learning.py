@@ -39,8 +39,8 @@ def test_ppo_solves_acrobot_within_120k_steps(tmp_path):
 
 
 def test_ppo_solves_batched_cartpole_within_100k_steps(tmp_path):
-    # Calibrated (bench/batched_sweep.py --seeds 20 ... 39, the linear-actor preset): solved at
-    # 32,768 steps on 18 seeds of 20 and 49,152 on the other two (eval every 16,384).
+    # Calibrated (bench/batched_sweep.py --seeds 40 ... 59, the preset of 2026-11-28): solved at
+    # 16,384 steps on 15 seeds of 20 and 32,768 on the other five (eval every 16,384).
     s = solve("batched-cartpole-ppo", 100_000, tmp_path)
     assert s["solved_at_step"] is not None
 

@@ -77,6 +77,7 @@ class Normalizer:
         self.returns = (torch.zeros(num_envs, dtype=torch.float64, device=device) if self.torch
                         else np.zeros(num_envs, np.float64))
         self.frozen = False
+        self._std_of: Any = None  # the variance self._std was taken from
 
     def _clip(self, x: Any, bound: float) -> Any:
         return x.clamp(-bound, bound) if self.torch else np.clip(x, -bound, bound)
@@ -89,8 +90,12 @@ class Normalizer:
             return obs
         if update and not self.frozen:
             self.obs_rms.update(obs)
-        out = (obs - self.obs_rms.mean) / self._sqrt(self.obs_rms.var + self.eps)
-        return self._clip(out, self.clip_obs)
+        rms = self.obs_rms
+        # Kept until the variance changes (every update, or a load, puts a new array in its place):
+        # a frozen normaliser, as in evaluation, takes no square root a step.
+        if self._std_of is not rms.var:
+            self._std, self._std_of = self._sqrt(rms.var + self.eps), rms.var
+        return self._clip((obs - rms.mean) / self._std, self.clip_obs)
 
     def reward(self, reward: Any, done: Any) -> Any:
         if not self.norm_reward:

@@ -152,10 +152,12 @@ class BatchedEnv:
                 for k, v in self._sample_params(len(ended)).items():
                     self.params[k] = self.params[k].index_put((ended,), v)
         self.state = state
+        # On the CPU with no env ended, `obs` is `final_obs`: one normalisation serves both.
+        none_ended = not dense and not len(ended)
         obs = self._obs(obs)
         # Where an env did not end, its final observation is its observation: normalised with
         # the same (just updated) statistics, the two agree bit for bit without a where().
-        final = self._obs(final_obs, update=False)
+        final = obs if none_ended else self._obs(final_obs, update=False)
         self.last_obs = obs
         if self.normalizer.norm_reward:
             reward = self.normalizer.reward(reward.to(torch.float64), done)

@@ -28,7 +28,7 @@ class CartPole(BatchedEnv):
         return self.uniform(n, -0.05, 0.05, 4)
 
     def dynamics(self, s, action, p):
-        x, x_dot, theta, theta_dot = s.unbind(-1)
+        x_dot, theta, theta_dot = s[:, 1], s[:, 2], s[:, 3]
         force = torch.where(action == 1, p["force_mag"], -p["force_mag"])
         total_mass = p["pole_mass"] + p["cart_mass"]
         polemass_length = p["pole_mass"] * p["pole_length"]
@@ -37,12 +37,19 @@ class CartPole(BatchedEnv):
         theta_acc = (p["gravity"] * sin - cos * temp) / (
             p["pole_length"] * (4.0 / 3.0 - p["pole_mass"] * cos**2 / total_mass))
         x_acc = temp - polemass_length * theta_acc * cos / total_mass
-        # Explicit Euler, gymnasium's default integrator.
-        x, x_dot = x + self.TAU * x_dot, x_dot + self.TAU * x_acc
-        theta, theta_dot = theta + self.TAU * theta_dot, theta_dot + self.TAU * theta_acc
-        s = torch.stack([x, x_dot, theta, theta_dot], -1)
-        terminated = (x.abs() > self.X_THRESHOLD) | (theta.abs() > self.THETA_THRESHOLD)
-        return s, torch.ones_like(x), terminated
+        # Explicit Euler, gymnasium's default integrator, on the four coordinates as one tensor:
+        # the same products and sums as gymnasium's four lines, in a third of the operations
+        # (each costs microseconds of dispatch at a few envs, which is all an evaluation steps).
+        s = s + self.TAU * torch.stack([x_dot, x_acc, theta_dot, theta_acc], -1)
+        terminated = (s.abs() > self._bounds(s)).any(-1)
+        return s, torch.ones_like(theta), terminated
+
+    def _bounds(self, s):
+        """|x| and |theta| beyond these end an episode; the velocities are unbounded."""
+        if getattr(self, "_bounds_t", None) is None or self._bounds_t.dtype != s.dtype or self._bounds_t.device != s.device:
+            inf = math.inf
+            self._bounds_t = torch.tensor([self.X_THRESHOLD, inf, self.THETA_THRESHOLD, inf], dtype=s.dtype, device=s.device)
+        return self._bounds_t
 
     def observe(self, s):
         return s
