@@ -1,6 +1,13 @@
+import typing
+
+import pytest
 import torch
 from torch.distributions import Categorical, Normal
 
+from rung.algos import ppo
+from rung.cli import _converter
+from rung.envs.batched import make
+from rung.errors import UserError
 from rung.nn import ActorCritic
 from rung.nn.heads import CategoricalHead, GaussianHead
 
@@ -69,12 +76,6 @@ def test_adam_step_written_out_equals_torch_adam_and_shares_its_state():
 
 
 def test_a_linear_actor_keeps_the_critics_hidden_layers():
-    from rung.algos import ppo
-    from rung.cli import _converter
-    from rung.envs.batched import make
-
-    import typing
-
     flag = _converter("actor_hidden_sizes", typing.get_type_hints(ppo.Config)["actor_hidden_sizes"])
     cfg = ppo.Config(env="batched/CartPole-v1", hidden_sizes=(32, 16), actor_hidden_sizes=flag("0"))
     cfg.validate()
@@ -92,11 +93,6 @@ def test_a_linear_actor_keeps_the_critics_hidden_layers():
 
 
 def test_bad_actor_widths_are_refused_in_one_line():
-    import pytest
-
-    from rung.algos import ppo
-    from rung.errors import UserError
-
     for bad in [(64, 0), (-3,)]:
         with pytest.raises(UserError, match="--actor-hidden-sizes must be positive widths such as 64,64, or 0"):
             ppo.Config(actor_hidden_sizes=bad).validate()

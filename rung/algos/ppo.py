@@ -140,7 +140,7 @@ class Config(RunConfig):
                             "has no std to normalise by; use fewer minibatches or --norm-adv false")
         widths(self, "hidden_sizes")
         actor = self.actor_hidden_sizes
-        if actor is not None and tuple(actor) not in ((), (0,)) and (not actor or min(actor) <= 0):
+        if actor is not None and tuple(actor) not in ((), (0,)) and min(actor) <= 0:
             raise UserError(f"--actor-hidden-sizes must be positive widths such as 64,64, or 0 for a linear actor; got {actor}")
         validate_init_flags(self)
 

@@ -23,6 +23,7 @@ class CartPole(BatchedEnv):
     TAU = 0.02
     X_THRESHOLD = 2.4
     THETA_THRESHOLD = 12 * 2 * math.pi / 360
+    _bounds_t: torch.Tensor | None = None
 
     def initial_state(self, n):
         return self.uniform(n, -0.05, 0.05, 4)
@@ -46,10 +47,11 @@ class CartPole(BatchedEnv):
 
     def _bounds(self, s):
         """|x| and |theta| beyond these end an episode; the velocities are unbounded."""
-        if getattr(self, "_bounds_t", None) is None or self._bounds_t.dtype != s.dtype or self._bounds_t.device != s.device:
-            inf = math.inf
-            self._bounds_t = torch.tensor([self.X_THRESHOLD, inf, self.THETA_THRESHOLD, inf], dtype=s.dtype, device=s.device)
-        return self._bounds_t
+        b = self._bounds_t
+        if b is None or b.dtype != s.dtype or b.device != s.device:
+            b = self._bounds_t = torch.tensor([self.X_THRESHOLD, math.inf, self.THETA_THRESHOLD, math.inf],
+                                              dtype=s.dtype, device=s.device)
+        return b
 
     def observe(self, s):
         return s
