@@ -9,7 +9,11 @@ from rung.rollout.storage import RolloutStorage
 from rung.types import Policy, VecEnv
 
 
-@torch.no_grad()
+# inference_mode rather than no_grad: it skips autograd's version counting and view tracking on
+# every tensor made, which took a sixth off a batched CartPole step (a few dozen tiny ops, each
+# paying that overhead). What the loop creates cannot enter autograd later; it only writes into
+# storage (allocated outside, so its tensors train normally) and into the env's own state.
+@torch.inference_mode()
 def collect_rollout(env: VecEnv, agent: Policy, storage: RolloutStorage, obs: torch.Tensor,
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[float], list[int]]:
     """Run `storage.num_steps` steps from `obs`. Returns the observation after the rollout and
