@@ -43,6 +43,8 @@ from rung.rollout.evaluate import evaluate
 from rung.types import VecEnv
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")
+# Logged losses that, once not finite, mean the run has diverged and will not recover.
+DIVERGENCE_KEYS = ("losses/policy", "losses/value", "losses/actor", "losses/critic", "losses/td", "losses/train")
 
 
 @dataclass
@@ -414,6 +416,11 @@ class Run:
             episode_lengths: list[int], sps: float, progress_value: float | None = None) -> None:
         """Log one iteration's metrics; the progress line shows the recent episodes' mean return,
         or `progress_value` for runs without episodes (a language model's mean reward)."""
+        for key in DIVERGENCE_KEYS:
+            # Once an update goes non-finite every later one does too: stop at the first.
+            if metrics.get(key) is not None and not math.isfinite(loss := float(metrics[key])):
+                raise UserError(f"training diverged at step {step:,}: {key} is {loss}; lower --learning-rate "
+                                "(or --max-grad-norm) and start again")
         if episode_returns:
             metrics["charts/episodic_return"] = float(np.mean(episode_returns))
             metrics["charts/episodic_length"] = float(np.mean(episode_lengths))

@@ -112,3 +112,22 @@ def test_the_value_clip_is_not_annealed_with_the_policy_clip(tmp_path, monkeypat
                      clip_vloss=True, anneal_clip=True, clip_coef=0.3, eval_every=0, run_dir=str(tmp_path / "r"))
     ppo.train(cfg)
     assert len(seen) == 4 and set(seen) == {0.3}
+
+
+def test_a_diverged_run_stops_with_one_line_naming_the_fix(tmp_path, monkeypatch):
+    # Once the weights are NaN the policy still "samples" (argmax over NaN), so nothing else
+    # would stop the run: it would go on logging NaN to the end.
+    from rung.algos import ppo
+    from rung.errors import UserError
+
+    real = ppo.ppo_loss
+
+    def poisoned(*a, **k):
+        loss, stats = real(*a, **k)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo, "ppo_loss", poisoned)
+    cfg = ppo.Config(env="batched/CartPole-v1", num_envs=8, num_steps=16, total_timesteps=1024, eval_every=0,
+                     run_dir=str(tmp_path / "r"))
+    with pytest.raises(UserError, match=r"training diverged at step 128: losses/policy is nan; lower --learning-rate"):
+        ppo.train(cfg)

@@ -22,6 +22,18 @@ def test_categorical_head_matches_torch_distributions():
     assert CategoricalHead.sample(logp, deterministic=True).tolist() == logits.argmax(-1).tolist()
 
 
+def test_categorical_sampling_draws_what_multinomial_draws():
+    # The written-out sample must be torch.multinomial's one-sample path: the same actions from
+    # the same generator state, and the generator left where multinomial leaves it.
+    logp = torch.log_softmax(torch.randn(500, 5) * 3, -1)
+    torch.manual_seed(3)
+    ref, ref_next = torch.multinomial(logp.exp(), 1).squeeze(-1), torch.rand(3)
+    torch.manual_seed(3)
+    got, got_next = CategoricalHead.sample(logp), torch.rand(3)
+    assert torch.equal(got, ref) and torch.equal(got_next, ref_next)
+    assert len(set(got.tolist())) == 5  # it did sample, not take the argmax
+
+
 def test_gaussian_head_matches_torch_distributions():
     mean, log_std = torch.randn(5, 2), torch.randn(5, 2) * 0.3
     actions = torch.randn(5, 2)
