@@ -140,12 +140,14 @@ class BatchedEnv:
         (state, self.elapsed, self.ep_return, reward, terminated, truncated, done, final_obs, obs,
          episode_return, episode_length) = self._step_fn(self.state, actions, self.params, self.elapsed,
                                                           self.ep_return, fresh)
+        none_ended = False
         if dense:
             for k, v in self._sample_params(self.num_envs).items():
                 self.params[k] = torch.where(done, v, self.params[k])
         else:
-            ended = done.nonzero().squeeze(-1)
-            if len(ended):
+            none_ended = not bool(done.any())  # most steps end no episode: one op to learn that
+            if not none_ended:
+                ended = done.nonzero().squeeze(-1)
                 # Out of place: `final_obs` may be a view of the pre-reset state.
                 state = state.index_put((ended,), self.initial_state(len(ended)))
                 obs = self.observe(state)
@@ -153,7 +155,6 @@ class BatchedEnv:
                     self.params[k] = self.params[k].index_put((ended,), v)
         self.state = state
         # On the CPU with no env ended, `obs` is `final_obs`: one normalisation serves both.
-        none_ended = not dense and not len(ended)
         obs = self._obs(obs)
         # Where an env did not end, its final observation is its observation: normalised with
         # the same (just updated) statistics, the two agree bit for bit without a where().
