@@ -46,7 +46,7 @@ class RunningMeanStd:
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta * delta * self.count * batch_count / total
         self.var = m2 / total
         self.count = total
 

@@ -18,27 +18,28 @@ def collect_rollout(env: VecEnv, agent: Policy, storage: RolloutStorage, obs: to
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[float], list[int]]:
     """Run `storage.num_steps` steps from `obs`. Returns the observation after the rollout and
     the returns and lengths of the episodes that ended during it."""
-    for t in range(storage.num_steps):
-        storage.obs[t] = obs
+    storage.final_values.zero_()  # V(final obs) is written below only where a step truncated
+    for row in storage.at:
+        # copy_ moves and converts as `storage.x[t] = v` would (a gymnasium env's tensors are on
+        # the CPU, its episode returns float64).
+        row.obs.copy_(obs)
         action, logprob, value = agent.act(obs)
-        storage.actions[t] = action
-        storage.logprobs[t] = logprob
-        storage.values[t] = value
+        row.actions.copy_(action)
+        row.logprobs.copy_(logprob)
+        row.values.copy_(value)
         step = env.step(action)
-        storage.rewards[t] = step.reward.to(device)
-        storage.terminated[t] = step.terminated.to(device)
-        storage.truncated[t] = step.truncated.to(device)
-        storage.episode_return[t] = step.episode_return.to(device)
-        storage.episode_length[t] = step.episode_length.to(device)
+        row.rewards.copy_(step.reward)
+        row.terminated.copy_(step.terminated)
+        row.truncated.copy_(step.truncated)
+        row.episode_return.copy_(step.episode_return)
+        row.episode_length.copy_(step.episode_length)
         trunc = step.truncated.to(device)
         if trunc.is_cuda:
             # Asking whether any env was truncated would stall the GPU stream; computing V for
             # every env and masking costs one small forward instead.
-            storage.final_values[t] = torch.where(trunc, agent.value(step.final_obs.to(device)), 0.0)
-        else:
-            storage.final_values[t] = 0.0
-            if trunc.any():
-                storage.final_values[t, trunc] = agent.value(step.final_obs.to(device)[trunc])
+            row.final_values.copy_(torch.where(trunc, agent.value(step.final_obs.to(device)), 0.0))
+        elif trunc.any():
+            row.final_values[trunc] = agent.value(step.final_obs.to(device)[trunc])
         obs = step.obs.to(device)
     return (obs, *storage.episodes())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from rung.batch import Batch
@@ -25,6 +27,12 @@ class RolloutStorage:
         self.episode_return = z(T, N)  # (T, N)
         self.episode_length = z(T, N, dtype=torch.long)  # (T, N)
         self.num_steps, self.num_envs = T, N
+        # Step t's slice of every field, made once: writing a step through these is one copy a
+        # field, where `storage.obs[t] = x` also indexes, at microseconds a call.
+        self.at = [SimpleNamespace(**{name: getattr(self, name)[t] for name in self.FIELDS}) for t in range(T)]
+
+    FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "final_values",
+              "episode_return", "episode_length")
 
     def episodes(self) -> tuple[list[float], list[int]]:
         """Returns and lengths of the episodes that ended in this rollout, in time order: the one
