@@ -37,13 +37,13 @@ def evaluate(agent: Policy, env: VecEnv, seed: int, normalizer_state: dict | Non
     while True:
         action = agent.action(obs, deterministic)
         step = env.step(action)
-        done = step.done.to(device)
-        first = done & ~finished
-        returns = torch.where(first, step.episode_return.to(device, torch.float64), returns)
+        # Follow each env's running figures until its first episode ends, then hold them: at the
+        # step an episode ends they are its totals (what they are before does not matter).
+        returns = torch.where(finished, returns, step.episode_return.to(device, torch.float64))
         if step.success is not None:
             reports_success = True
-            success = torch.where(first, step.success.to(device, torch.float64), success)
-        finished |= done
+            success = torch.where(finished, success, step.success.to(device, torch.float64))
+        finished |= step.done.to(device)
         obs = step.obs.to(device)
         t += 1
         if t % CHECK_EVERY == 0 or not finished.is_cuda:
