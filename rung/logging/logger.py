@@ -70,8 +70,10 @@ class Logger:
             self.rows = truncate_metrics(run_dir, start_step, rows_at_save)
         self._file = open(run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
+            from tensorboard.compat.proto.summary_pb2 import Summary
             from torch.utils.tensorboard import SummaryWriter
 
+            self._summary_proto = Summary
             # purge_step hides events a killed run wrote after its last checkpoint. TensorBoard
             # hides steps >= purge_step, and the rows at the checkpoint's own step were written
             # before it and are not written again: hence the + 1.
@@ -107,8 +109,12 @@ class Logger:
             s = _scalar(v)
             if s is not None:
                 row[k] = s
-                if self._tb is not None:
-                    self._tb.add_scalar(k, s, step)
+        if self._tb is not None:
+            # One event for the whole row: add_scalar makes an event per value, at about 80 us
+            # each, which was 3% of a batched CartPole run that logs 15 values an iteration.
+            Summary = self._summary_proto
+            values = [Summary.Value(tag=k, simple_value=v) for k, v in row.items() if k not in ("step", "wall")]
+            self._tb._get_file_writer().add_summary(Summary(value=values), step)
         self._file.write(json.dumps(row) + "\n")
         self.rows += 1
 
