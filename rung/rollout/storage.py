@@ -10,6 +10,9 @@ from rung.batch import Batch
 
 
 class RolloutStorage:
+    FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "final_values",
+              "episode_return", "episode_length")
+
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], discrete: bool,
                  action_dim: int, device: torch.device | str = "cpu"):
         T, N = num_steps, num_envs
@@ -30,9 +33,6 @@ class RolloutStorage:
         # Step t's slice of every field, made once: writing a step through these is one copy a
         # field, where `storage.obs[t] = x` also indexes, at microseconds a call.
         self.at = [SimpleNamespace(**{name: getattr(self, name)[t] for name in self.FIELDS}) for t in range(T)]
-
-    FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "terminated", "truncated", "final_values",
-              "episode_return", "episode_length")
 
     def episodes(self) -> tuple[list[float], list[int]]:
         """Returns and lengths of the episodes that ended in this rollout, in time order: the one

@@ -77,6 +77,8 @@ class BatchedEnv:
         self.check_randomize(self.randomize)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        # Replaced, never changed in place: an env may keep values derived from them until a
+        # parameter tensor is swapped (CartPole's masses).
         self.params = {k: torch.full((num_envs,), v, dtype=dtype, device=self.device) for k, v in self.PARAMS.items()}
         self.normalizer = Normalizer(self.obs_shape, num_envs, obs=normalize_obs, reward=normalize_reward,
                                      gamma=gamma, device=self.device)
