@@ -14,6 +14,6 @@ mkdir -p "$OUT" bench/out
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch; assert torch.cuda.is_available(); print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
-timeout 280 python3 bench/batched.py --device cuda --seeds 1 --threads 1 2>&1 | tee "$OUT/gpu_batched.log"
+timeout 280 python3 bench/batched.py --device cuda --seeds 1 --repeats 1 --threads 1 2>&1 | tee "$OUT/gpu_batched.log"
 cp bench/out/batched_throughput.png bench/out/batched.json "$OUT"/ 2>/dev/null
 timeout 150 python3 bench/offpolicy.py --device cuda --seeds 1 --steps 3000 --skip-cheetah 2>&1 | tee "$OUT/gpu_offpolicy.log"
