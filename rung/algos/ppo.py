@@ -188,8 +188,12 @@ def ppo_loss(agent: torch.nn.Module, mb: Batch, cfg: Config, clip_coef: float, i
     # decay either).
     vl, _ = value_loss(values, mb.returns, mb.values, cfg.clip_coef if cfg.clip_vloss else None)
     ent, ent_stats = entropy_loss(entropy)
-    loss = pg.mean() + cfg.vf_coef * vl.mean() + cfg.ent_coef * ent.mean()
-    stats = {"policy": pg.mean().detach(), "value": vl.mean().detach(), **ent_stats, **stats}
+    pg_mean, vl_mean = pg.mean(), vl.mean()
+    loss = pg_mean + cfg.vf_coef * vl_mean
+    if cfg.ent_coef:
+        # At 0 the term adds nothing to the gradient, only a branch of graph to every backward.
+        loss = loss + cfg.ent_coef * ent.mean()
+    stats = {"policy": pg_mean.detach(), "value": vl_mean.detach(), **ent_stats, **stats}
     if reg_coef > 0:
         # A second pass of the actor: evaluate returns log-probs of the taken actions only, and
         # the exact KL needs the whole distribution. Outside DDP's forward is fine: autograd sums
