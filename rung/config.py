@@ -155,10 +155,14 @@ def learns_from_a_dataset(cfg: Any, algo: str) -> None:
         raise UserError(f"--compile is not supported by {algo}; leave it off")
 
 
-def widths(cfg: Any, name: str) -> None:
+def widths(cfg: Any, name: str, linear_ok: bool = False) -> None:
+    """Hidden widths must be positive. With `linear_ok`, 0 (or none) may stand for no hidden layer."""
     value = getattr(cfg, name)
+    if linear_ok and tuple(value) in ((), (0,)):
+        return
     if not value or min(value) <= 0:
-        raise UserError(f"--{flag(name)} must be positive widths such as 64,64; got {value}")
+        linear = ", or 0 for a linear actor" if linear_ok else ""
+        raise UserError(f"--{flag(name)} must be positive widths such as 64,64{linear}; got {value}")
 
 
 def in_range(cfg: Any, name: str, low: float, high: float) -> None:

@@ -139,9 +139,8 @@ class Config(RunConfig):
             raise UserError(f"--num-minibatches {self.num_minibatches} leaves one sample a minibatch, whose advantage "
                             "has no std to normalise by; use fewer minibatches or --norm-adv false")
         widths(self, "hidden_sizes")
-        actor = self.actor_hidden_sizes
-        if actor is not None and tuple(actor) not in ((), (0,)) and min(actor) <= 0:
-            raise UserError(f"--actor-hidden-sizes must be positive widths such as 64,64, or 0 for a linear actor; got {actor}")
+        if self.actor_hidden_sizes is not None:
+            widths(self, "actor_hidden_sizes", linear_ok=True)
         validate_init_flags(self)
 
 
